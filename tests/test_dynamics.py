@@ -1,0 +1,134 @@
+"""RK4 and the OT-Flow characteristics against exact solutions: no training involved."""
+
+import math
+
+import pytest
+import torch
+
+from sklearn_otflow import Potential, flow, log_prob, odeint_rk4
+
+F64 = torch.float64
+
+
+def translation(q: torch.Tensor) -> Potential:
+    """Phi = q.x + |q|^2 t / 2: the network switched off (w = 0), A = 0."""
+    d = q.shape[0]
+    phi = Potential(d, width=4).to(F64)
+    with torch.no_grad():
+        phi.w.zero_()
+        phi.A.zero_()
+        phi.b.copy_(torch.cat([q, 0.5 * (q @ q).reshape(1)]))
+    return phi
+
+
+def quadratic(d: int, beta: float) -> Potential:
+    """Phi = beta |x|^2 / 2: A = sqrt(beta) [I_d 0], w = b = 0."""
+    phi = Potential(d, width=4, rank=d).to(F64)
+    with torch.no_grad():
+        phi.w.zero_()
+        phi.A.copy_(math.sqrt(beta) * torch.eye(d, d + 1, dtype=F64))
+    return phi
+
+
+def random_potential(d=2, width=16, n_layers=2, seed=0):
+    torch.manual_seed(seed)
+    phi = Potential(d, width=width, n_layers=n_layers).to(F64)
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.mul_(0.7).add_(0.1 * torch.randn_like(p))
+    return phi
+
+
+def test_rk4_has_order_four():
+    """y' = M y with M a damped rotation: y(1) = expm(M) y0; the error falls ~16x per halving of h."""
+    M = torch.tensor([[-0.3, 2.0], [-2.0, -0.3]], dtype=F64)
+    y0 = torch.tensor([[1.0, 0.5]], dtype=F64)
+    exact = y0 @ torch.linalg.matrix_exp(M).T
+    errors = [
+        (odeint_rk4(lambda t, y: (y[0] @ M.T,), (y0,), 0.0, 1.0, n)[0] - exact).norm().item()
+        for n in (8, 16, 32, 64)
+    ]
+    ratios = [a / b for a, b in zip(errors, errors[1:])]
+    assert all(13.0 < r < 19.0 for r in ratios), ratios
+
+
+def test_rk4_integrates_time_dependent_fields_backwards():
+    """y' = cos t from 1 to 0: y(0) = y(1) - sin 1."""
+    (y,) = odeint_rk4(
+        lambda t, y: (torch.full_like(y[0], math.cos(t)),), (torch.zeros(1, dtype=F64),), 1.0, 0.0, 8
+    )
+    assert abs(y.item() + math.sin(1.0)) < 1e-6
+
+
+def test_rk4_rejects_zero_steps():
+    with pytest.raises(ValueError, match="n_steps >= 1"):
+        odeint_rk4(lambda t, y: y, (torch.zeros(1),), 0.0, 1.0, 0)
+
+
+def test_translation_flow_is_exact(device):
+    q = torch.tensor([0.7, -1.3, 2.0], dtype=F64)
+    phi = translation(q).to(device)
+    x = torch.randn(11, 3, dtype=F64, device=device)
+    z, ell, L, R = flow(phi, x, n_steps=3)
+    assert (z - (x - q.to(device))).abs().max() < 1e-9
+    assert ell.abs().max() < 1e-9
+    assert (L - 0.5 * (q @ q)).abs().max() < 1e-9
+    assert R.abs().max() < 1e-9
+    expected = torch.distributions.Normal(q.to(device), 1.0).log_prob(x).sum(1)
+    assert (log_prob(phi, x, n_steps=3) - expected).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.5])
+def test_quadratic_flow_matches_closed_form(beta):
+    d = 3
+    phi = quadratic(d, beta)
+    x = torch.randn(9, d, dtype=F64)
+    z, ell, L, R = flow(phi, x, n_steps=16)
+    sq = (x * x).sum(1)
+    L_exact = beta / 4 * sq * (1 - math.exp(-2 * beta))
+    assert (z - math.exp(-beta) * x).abs().max() < 1e-4
+    assert (ell + beta * d).abs().max() < 1e-9  # the trace is constant: RK4 is exact here
+    assert ((L - L_exact) / L_exact).abs().max() < 1e-4
+    assert ((R - L_exact) / L_exact).abs().max() < 1e-4  # dPhi/dt = 0, so R = L
+    expected = torch.distributions.Normal(0.0, math.exp(beta)).log_prob(x).sum(1)
+    assert (log_prob(phi, x, n_steps=16) - expected).abs().max() < 1e-4
+
+
+def test_log_det_equals_autograd_jacobian():
+    phi = random_potential(d=3, seed=1)
+    x = torch.randn(4, 3, dtype=F64)
+    _, ell, _, _ = flow(phi, x, n_steps=16)
+    for i in range(4):
+        jac = torch.autograd.functional.jacobian(lambda xi: flow(phi, xi[None], n_steps=16)[0][0], x[i])
+        assert abs(ell[i].item() - torch.linalg.slogdet(jac)[1].item()) < 1e-4
+
+
+def test_inverse_undoes_forward_and_carries_the_log_det():
+    phi = random_potential(d=2, seed=2)
+    x = 1.5 * torch.randn(50, 2, dtype=F64)
+    z, ell, _, _ = flow(phi, x, n_steps=16)
+    x_back, ell_back, _, _ = flow(phi, z, n_steps=16, inverse=True)
+    assert (x_back - x).abs().max() < 1e-3
+    assert (ell_back + ell).abs().max() < 1e-3
+
+
+def test_density_integrates_to_one_on_a_grid():
+    phi = random_potential(d=2, seed=3)
+    side = torch.linspace(-12.0, 12.0, 241, dtype=F64)
+    grid = torch.cartesian_prod(side, side)
+    with torch.no_grad():
+        p = log_prob(phi, grid, n_steps=12).exp()
+    cell = (side[1] - side[0]) ** 2
+    assert abs((p.sum() * cell).item() - 1.0) < 1e-3
+    # and the grid covers the support: the edges carry no mass
+    edge = p.reshape(241, 241)
+    assert max(edge[0].max(), edge[-1].max(), edge[:, 0].max(), edge[:, -1].max()) < 1e-5
+
+
+def test_flow_is_differentiable_in_float32_and_keeps_shapes():
+    phi = Potential(4, width=8, n_layers=2)
+    x = torch.randn(6, 4)
+    z, ell, L, R = flow(phi, x, n_steps=2)
+    (z.sum() + ell.sum() + L.sum() + R.sum()).backward()
+    assert all(p.grad is not None for n, p in phi.named_parameters() if n != "c")
+    assert z.dtype == torch.float32 and z.shape == (6, 4) and ell.shape == L.shape == R.shape == (6,)
