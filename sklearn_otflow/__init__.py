@@ -1,9 +1,10 @@
 """sklearn-otflow: the OT-Flow continuous normalizing flow as a scikit-learn density estimator."""
 
 from ._dynamics import flow, odeint_rk4
+from ._estimator import OTFlowDensity
 from ._loss import Objective, log_prob, objective
 from ._potential import Potential
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Objective", "Potential", "flow", "log_prob", "objective", "odeint_rk4"]
+__all__ = ["OTFlowDensity", "Objective", "Potential", "flow", "log_prob", "objective", "odeint_rk4"]

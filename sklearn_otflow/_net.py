@@ -1,0 +1,99 @@
+"""The skorch side of training: a module that flows a batch, OT-Flow's loss as a criterion, and the net.
+
+skorch owns the loop (batches, validation split, callbacks, early stopping, learning-rate schedule,
+progress); this module only supplies what is specific to OT-Flow:
+
+- :class:`FlowModule` pushes a batch along the flow: ``(z, ell, L, R)``; in training mode with the
+  training step count and block precision, in evaluation mode (validation) exactly.
+- :class:`OTFlowLoss` turns that into :math:`J = \\operatorname{mean}[L + \\alpha C + \\alpha_{hjb} R]`.
+- :class:`OTFlowNet` records the three parts per batch (``train_nll``, ``valid_nll``, ...), which
+  :class:`skorch.callbacks.PassthroughScoring` turns into per-epoch history columns.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback
+from torch import Tensor, nn
+
+from ._dynamics import flow
+from ._loss import Objective, negative_log_likelihood
+from ._potential import Potential
+
+__all__ = ["FlowModule", "OTFlowLoss", "OTFlowNet", "TrainingDiverged", "FiniteGuard"]
+
+
+class FlowModule(nn.Module):
+    """The potential, called on a batch: returns its end state ``(z, ell, L, R)`` along the flow."""
+
+    def __init__(
+        self,
+        n_features: int,
+        width: int,
+        n_layers: int,
+        rank: int,
+        n_steps: int,
+        dtype: torch.dtype = torch.float32,
+        gemm_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.potential = Potential(n_features, width=width, n_layers=n_layers, rank=rank).to(dtype)
+        self.n_steps, self.gemm_dtype = n_steps, gemm_dtype
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        gemm_dtype = self.gemm_dtype if self.training else None
+        return flow(self.potential, x, self.n_steps, gemm_dtype=gemm_dtype)
+
+
+class OTFlowLoss(nn.Module):
+    """OT-Flow's objective from a flowed batch: ``Objective(loss, transport, nll, hjb)``."""
+
+    def __init__(self, alpha: float, alpha_hjb: float) -> None:
+        super().__init__()
+        self.alpha, self.alpha_hjb = alpha, alpha_hjb
+
+    def forward(self, y_pred: tuple[Tensor, ...], y_true=None) -> Objective:
+        z, ell, L, R = y_pred
+        L, C, R = L.mean(), negative_log_likelihood(z, ell).mean(), R.mean()
+        return Objective(L + self.alpha * C + self.alpha_hjb * R, L, C, R)
+
+
+class OTFlowNet(NeuralNet):
+    """skorch's :class:`~skorch.NeuralNet` with OT-Flow's loss; records its parts in the history."""
+
+    def get_loss(self, y_pred, y_true, X=None, training=False) -> Tensor:
+        out = self.criterion_(y_pred)
+        prefix = "train" if training else "valid"
+        for name in ("nll", "transport", "hjb"):
+            self.history.record_batch(f"{prefix}_{name}", getattr(out, name).item())
+        return out.loss
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised inside the training loop when the loss stops being finite."""
+
+
+class FiniteGuard(Callback):
+    """Stop at the first non-finite batch loss; keep the last weights that gave a finite epoch.
+
+    After a stop, :attr:`best_state` holds the module's state at the end of the last finite epoch (or
+    ``None`` if there was none), and :attr:`epoch` the epoch in which the loss diverged.
+    """
+
+    def initialize(self):
+        self.best_state, self.epoch = None, None
+        return self
+
+    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if loss is not None and not math.isfinite(loss.item()):
+            self.epoch = len(net.history)
+            raise TrainingDiverged(f"the training loss became {loss.item()} in epoch {self.epoch}")
+
+    def on_epoch_end(self, net, **kwargs):
+        losses = [net.history[-1].get(key) for key in ("train_loss", "valid_loss")]
+        if all(value is None or math.isfinite(value) for value in losses):
+            self.best_state = copy.deepcopy(net.module_.state_dict())

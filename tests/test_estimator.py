@@ -1,0 +1,313 @@
+"""OTFlowDensity: values (not just shapes), model selection, persistence, reproducibility and bad input."""
+
+import io
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.datasets import make_moons
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from skorch.callbacks import Callback
+
+from sklearn_otflow import OTFlowDensity
+
+SMALL = dict(hidden_width=16, n_steps=4, batch_size=128, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def gaussian_data():
+    """A correlated 2-D Gaussian, shifted and scaled away from the latent, so that errors show."""
+    rng = np.random.default_rng(0)
+    cov = np.array([[4.0, 1.2], [1.2, 1.0]])
+    return rng.multivariate_normal([3.0, -1.0], cov, size=1500)
+
+
+@pytest.fixture(scope="module")
+def fitted(gaussian_data):
+    return OTFlowDensity(max_epochs=40, alpha=50.0, **SMALL).fit(gaussian_data)
+
+
+@pytest.fixture(scope="module")
+def moons():
+    return make_moons(600, noise=0.05, random_state=0)[0]
+
+
+def test_density_integrates_to_one(fitted, gaussian_data):
+    lo, hi = gaussian_data.min(0) - 4, gaussian_data.max(0) + 4
+    xs, ys = (np.linspace(lo[i], hi[i], 161) for i in range(2))
+    grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+    mass = np.exp(fitted.score_samples(grid)).sum() * (xs[1] - xs[0]) * (ys[1] - ys[0])
+    assert abs(mass - 1.0) < 0.01
+
+
+def test_samples_match_the_data_moments(fitted, gaussian_data):
+    samples = fitted.sample(4000, random_state=0)
+    assert samples.shape == (4000, 2) and samples.dtype == np.float64
+    np.testing.assert_allclose(samples.mean(0), gaussian_data.mean(0), atol=0.1)
+    np.testing.assert_allclose(np.cov(samples.T), np.cov(gaussian_data.T), atol=0.25, rtol=0.1)
+
+
+def test_latent_of_the_training_data_is_standard_normal(fitted, gaussian_data):
+    Z = fitted.transform(gaussian_data)
+    np.testing.assert_allclose(Z.mean(0), 0.0, atol=0.05)
+    np.testing.assert_allclose(np.cov(Z.T), np.eye(2), atol=0.1)
+
+
+def test_fitted_density_is_close_to_the_true_one(fitted, gaussian_data):
+    from scipy.stats import multivariate_normal
+
+    truth = multivariate_normal([3.0, -1.0], [[4.0, 1.2], [1.2, 1.0]])
+    rng = np.random.default_rng(1)
+    X_test = truth.rvs(2000, random_state=rng)
+    assert fitted.score(X_test) > truth.logpdf(X_test).mean() - 0.03
+
+
+def test_inverse_transform_undoes_transform(fitted, gaussian_data):
+    X = gaussian_data[:200]
+    np.testing.assert_allclose(fitted.inverse_transform(fitted.transform(X)), X, atol=1e-3)
+
+
+def test_flow_diagnostics_are_consistent_with_score_samples(fitted, gaussian_data):
+    X = gaussian_data[:50]
+    diag = fitted.flow_diagnostics(X)
+    assert set(diag) == {"latent", "log_det", "transport_cost", "hjb_residual"}
+    log_p = -0.5 * (diag.latent**2).sum(1) - np.log(2 * np.pi) + diag.log_det - np.log(fitted.scale_).sum()
+    np.testing.assert_allclose(fitted.score_samples(X), log_p, rtol=1e-12)
+    np.testing.assert_array_equal(diag.latent, fitted.transform(X))
+    assert (diag.transport_cost >= 0).all() and (diag.hjb_residual >= 0).all()
+
+
+def test_history_records_the_loss_parts(fitted):
+    keys = {"train_loss", "train_nll", "train_transport", "train_hjb", "valid_nll", "valid_transport"}
+    assert keys <= set(fitted.history_[-1])
+    assert fitted.n_iter_ == len(fitted.history_)
+    nll = fitted.history_[:, "valid_nll"]
+    assert nll[-1] < nll[0]  # it learned
+
+
+def test_score_is_the_mean_log_likelihood(fitted, gaussian_data):
+    assert fitted.score(gaussian_data[:100]) == pytest.approx(
+        fitted.score_samples(gaussian_data[:100]).mean()
+    )
+
+
+def test_same_random_state_gives_identical_fits_and_leaves_torch_rng_alone(moons):
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = OTFlowDensity(max_epochs=3, **SMALL).fit(moons)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = OTFlowDensity(max_epochs=3, **SMALL).fit(moons)
+    np.testing.assert_array_equal(a.score_samples(moons), b.score_samples(moons))
+    c = OTFlowDensity(max_epochs=3, **{**SMALL, "random_state": 1}).fit(moons)
+    assert not np.array_equal(a.score_samples(moons), c.score_samples(moons))
+
+
+def test_pickle_and_joblib_round_trips_reproduce_scores(fitted, gaussian_data):
+    X = gaussian_data[:100]
+    expected = fitted.score_samples(X)
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.score_samples(X), expected)
+    buffer = io.BytesIO()
+    joblib.dump(fitted, buffer)
+    buffer.seek(0)
+    np.testing.assert_array_equal(joblib.load(buffer).score_samples(X), expected)
+
+
+def test_clone_copies_parameters_not_the_fit(fitted):
+    twin = clone(fitted)
+    assert twin.get_params() == fitted.get_params()
+    assert not hasattr(twin, "net_")
+
+
+def test_grid_search_in_a_pipeline_ranks_by_held_out_log_likelihood(moons):
+    pipe = Pipeline(
+        [("standardscaler", StandardScaler()), ("otflowdensity", OTFlowDensity(max_epochs=3, **SMALL))]
+    )
+    cv = KFold(3, shuffle=True, random_state=0)
+    search = GridSearchCV(pipe, {"otflowdensity__alpha": [1.0, 30.0]}, cv=cv, n_jobs=2).fit(moons)
+    scores = search.cv_results_["mean_test_score"]
+    assert np.all(np.isfinite(scores))
+    assert search.best_index_ == int(np.argmax(scores))
+    # the score GridSearchCV ranks by is the held-out mean log-likelihood
+    manual = cross_val_score(clone(pipe).set_params(otflowdensity__alpha=30.0), moons, cv=cv)
+    np.testing.assert_allclose(scores[1], manual.mean(), rtol=1e-10)
+    assert search.best_estimator_.score(moons) == pytest.approx(search.score(moons))
+
+
+def test_user_callbacks_pass_through_and_verbose_prints(moons, capsys):
+    class Count(Callback):
+        def initialize(self):
+            self.epochs = 0
+            return self
+
+        def on_epoch_end(self, net, **kwargs):
+            self.epochs += 1
+
+    counter = Count()
+    est = OTFlowDensity(max_epochs=2, callbacks=[counter], verbose=1, **SMALL).fit(moons)
+    assert counter.epochs == est.n_iter_ == 2
+    assert "valid_nll" in capsys.readouterr().out
+
+
+def test_early_stopping_stops_and_keeps_the_best_weights(moons):
+    est = OTFlowDensity(max_epochs=200, n_iter_no_change=2, learning_rate=0.05, **SMALL).fit(moons)
+    assert est.n_iter_ < 200
+    best = min(est.history_[:, "valid_nll"])
+    X_valid_nll = [row["valid_nll"] for row in est.history_ if row.get("valid_nll_best")]
+    assert X_valid_nll[-1] == best
+
+
+def test_constant_column_and_large_scale_just_work():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=300), np.full(300, 7.0)])
+    with pytest.warns(UserWarning, match="constant"):
+        est = OTFlowDensity(max_epochs=3, **SMALL).fit(X)
+    assert np.isfinite(est.score_samples(X)).all() and np.isfinite(est.sample(10, random_state=0)).all()
+
+    # standardization makes the fit invariant to units: 1e6-scaled data give the same model
+    small = rng.normal(size=(400, 2))
+    big = small * 1e6 + 5e6
+    ref = OTFlowDensity(max_epochs=3, **SMALL).fit(small)
+    est = OTFlowDensity(max_epochs=3, **SMALL).fit(big)
+    np.testing.assert_allclose(est.score_samples(big), ref.score_samples(small) - 2 * np.log(1e6), atol=1e-3)
+    np.testing.assert_allclose(
+        est.sample(50, random_state=0), ref.sample(50, random_state=0) * 1e6 + 5e6, rtol=1e-3
+    )
+
+
+class _Poison(Callback):
+    """Sets the weights to NaN at the start of epoch ``epoch`` (1-based)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            with torch.no_grad():
+                for p in net.module_.parameters():
+                    p.fill_(float("nan"))
+
+
+def test_divergence_restores_the_last_finite_weights_with_a_warning(moons):
+    with pytest.warns(RuntimeWarning, match="last epoch with a finite loss"):
+        est = OTFlowDensity(max_epochs=5, callbacks=[_Poison(3)], **SMALL).fit(moons)
+    assert np.isfinite(est.score_samples(moons)).all()
+
+
+def test_divergence_before_any_finite_epoch_raises_and_keeps_the_old_fit(fitted, gaussian_data):
+    est = pickle.loads(pickle.dumps(fitted))
+    before = est.score_samples(gaussian_data[:20])
+    est.set_params(callbacks=[_Poison(1)], max_epochs=2)
+    with pytest.raises(ValueError, match="Training diverged"):
+        est.fit(gaussian_data[:300, ::-1])
+    np.testing.assert_array_equal(est.score_samples(gaussian_data[:20]), before)
+
+
+BAD_INPUTS = {
+    "nan": (np.array([[0.0, np.nan], [1.0, 2.0], [3.0, 4.0]]), ValueError, "NaN"),
+    "inf": (np.array([[0.0, np.inf], [1.0, 2.0], [3.0, 4.0]]), ValueError, "infinity"),
+    "complex": (np.array([[1 + 1j, 2.0], [3.0, 4.0]]), ValueError, "[Cc]omplex"),
+    "object": (np.array([["a", "b"], ["c", "d"]], dtype=object), ValueError, "could not convert"),
+    "empty": (np.empty((0, 2)), ValueError, "0 sample"),
+    "one sample": (np.array([[1.0, 2.0]]), ValueError, "1 sample"),
+    "1-d": (np.array([1.0, 2.0, 3.0]), ValueError, "Expected 2D array, got 1D array"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_fit_inputs_raise_clear_errors(name):
+    X, error, match = BAD_INPUTS[name]
+    with pytest.raises(error, match=match):
+        OTFlowDensity(max_epochs=1, **SMALL).fit(X)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(2, 40),
+    d=st.integers(1, 5),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    data=st.data(),
+)
+def test_non_finite_values_anywhere_are_rejected(fitted, n, d, bad, dtype, data):
+    X = np.zeros((n, d), dtype=dtype)
+    X[data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, d - 1))] = bad
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        OTFlowDensity(max_epochs=1, **SMALL).fit(X)
+    if d == 2:
+        with pytest.raises(ValueError, match="NaN|infinity"):
+            fitted.score_samples(X)
+
+
+@settings(max_examples=10, deadline=None)
+@given(d=st.integers(1, 6).filter(lambda d: d != 2), method=st.sampled_from(["score_samples", "transform"]))
+def test_wrong_number_of_features_is_rejected(fitted, d, method):
+    with pytest.raises(ValueError, match=f"X has {d} features, but OTFlowDensity is expecting 2 features"):
+        getattr(fitted, method)(np.zeros((3, d)))
+
+
+@pytest.mark.parametrize(
+    "method", ["score_samples", "transform", "inverse_transform", "flow_diagnostics", "sample"]
+)
+def test_calls_before_fit_raise_not_fitted(method):
+    est = OTFlowDensity()
+    with pytest.raises(NotFittedError):
+        getattr(est, method)(*([] if method == "sample" else [np.zeros((3, 2))]))
+
+
+@pytest.mark.parametrize("n_samples", [0, -1, 2.5])
+def test_bad_n_samples(fitted, n_samples):
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        fitted.sample(n_samples)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(alpha=0.0), "alpha"),
+        (dict(n_steps=0), "n_steps"),
+        (dict(dtype="float16"), "dtype"),
+        (dict(validation_fraction=1.0), "validation_fraction"),
+    ],
+)
+def test_bad_parameters_raise(params, match):
+    with pytest.raises(ValueError, match=match):
+        OTFlowDensity(**params).fit(np.zeros((5, 2)) + np.arange(5)[:, None])
+
+
+def test_float64_training_and_exact_trace(moons):
+    est = OTFlowDensity(max_epochs=2, dtype="float64", trace_precision="exact", **SMALL).fit(moons)
+    assert est.net_.module_.potential.A.dtype == torch.float64
+    assert np.isfinite(est.score(moons))
+
+
+def test_warm_start_continues_training(moons):
+    est = OTFlowDensity(max_epochs=2, warm_start=True, **SMALL).fit(moons)
+    first = est.net_
+    est.fit(moons)
+    assert est.net_ is first and est.n_iter_ == 4
+
+
+def test_transform_in_a_pipeline_gaussianizes(moons):
+    pipe = make_pipeline(StandardScaler(), OTFlowDensity(max_epochs=2, **SMALL)).fit(moons)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Z = pipe.transform(moons)
+    assert Z.shape == moons.shape
+    assert list(pipe.get_feature_names_out()) == ["otflowdensity0", "otflowdensity1"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_fit_score_sample(moons):
+    est = OTFlowDensity(max_epochs=2, device="cuda", **SMALL).fit(moons)
+    assert np.isfinite(est.score_samples(moons)).all()
+    assert est.sample(5, random_state=0).shape == (5, 2)
