@@ -30,7 +30,7 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
     A column with (numerically) zero variance keeps scale 1, with a warning: its density is degenerate
     and the flow can only approximate a point mass there.
 
-    >>> mean, scale = standardization(np.array([[0.0, 1.0], [2.0, 1.0]]), enabled=True)
+    >>> mean, scale = standardization(np.array([[0.0, 1.0], [2.0, 3.0]]), enabled=True)
     >>> mean.shape, scale.shape
     ((2,), (2,))
     """
