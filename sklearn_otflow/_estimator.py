@@ -45,6 +45,11 @@ def _fast_block_dtype(device: torch.device) -> torch.dtype | None:
 # dominated by small operations), so "auto" keeps the exact products.
 _BF16_MIN_BLOCK = 4096
 
+# Tolerance, in nats of mean log-likelihood, for the change between the evaluation step count and twice
+# it. A flow trained with too few RK4 steps can learn to exploit their discretization error (measured:
+# make_moons with n_steps=4 scored -0.02 at 8 evaluation steps, -2.02 at 64, where the mass was 1).
+_MAX_INTEGRATION_ERROR = 0.05
+
 
 class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, BaseEstimator):
     r"""Density estimation with OT-Flow, a continuous normalizing flow regularized by optimal transport.
@@ -126,6 +131,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         early stopping, the same with the ``valid_`` prefix.
     n_iter_ : int
         Number of epochs run.
+    integration_error_ : float
+        Change of the mean log-likelihood of (up to 512 of) the training samples, in nats, when the
+        evaluation step count is doubled; above 0.05 a warning says to raise ``n_steps``.
 
     See Also
     --------
@@ -367,7 +375,25 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self.net_ = net
         self.history_ = net.history
         self.n_iter_ = len(net.history)
+        self.integration_error_ = self._integration_error(Xt[:512].double().numpy())
+        if self.integration_error_ > _MAX_INTEGRATION_ERROR:
+            warnings.warn(
+                f"RK4 with {self.n_steps_eval or 2 * self.n_steps} steps does not resolve the fitted flow: the "
+                f"training data's mean log-likelihood moves by {self.integration_error_:.3g} nats with twice "
+                "the steps, so scores are unreliable. Increase n_steps (training) or n_steps_eval.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return self
+
+    def _integration_error(self, X: np.ndarray) -> float:
+        """|mean log-likelihood with the evaluation steps - with twice as many|, in nats."""
+        steps = self.n_steps_eval or 2 * self.n_steps
+        means = []
+        for n_steps in (steps, 2 * steps):
+            z, ell, _, _ = self._run(X, inverse=False, n_steps=n_steps)
+            means.append(negative_log_likelihood(torch.from_numpy(z), torch.from_numpy(ell)).mean().item())
+        return abs(means[0] - means[1])
 
     @property
     def _n_features_out(self):
@@ -455,11 +481,11 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     def _unstandardize(self, X):
         return X * self.scale_ + self.mean_
 
-    def _run(self, X: np.ndarray, inverse: bool) -> tuple[np.ndarray, ...]:
+    def _run(self, X: np.ndarray, inverse: bool, n_steps: int | None = None) -> tuple[np.ndarray, ...]:
         """Flow standardized rows in float64 through batches of bounded size; numpy outputs."""
         device = torch.device(self.device)
         potential = copy.deepcopy(self.net_.module_.potential).to(device=device, dtype=torch.float64)
-        n_steps = self.n_steps_eval or 2 * self.n_steps
+        n_steps = n_steps or self.n_steps_eval or 2 * self.n_steps
         rows = max(256, 2**21 // self.hidden_width)
         outs = []
         with torch.no_grad():

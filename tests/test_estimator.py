@@ -94,6 +94,15 @@ def test_history_records_the_loss_parts(fitted):
     assert nll[-1] < nll[0]  # it learned
 
 
+def test_integration_error_is_measured_and_warned_about(fitted, moons, monkeypatch):
+    assert 0 <= fitted.integration_error_ < 0.05
+    from sklearn_otflow import _estimator
+
+    monkeypatch.setattr(_estimator, "_MAX_INTEGRATION_ERROR", -1.0)
+    with pytest.warns(RuntimeWarning, match="does not resolve the fitted flow"):
+        OTFlowDensity(max_epochs=1, **SMALL).fit(moons)
+
+
 def test_score_is_the_mean_log_likelihood(fitted, gaussian_data):
     assert fitted.score(gaussian_data[:100]) == pytest.approx(
         fitted.score_samples(gaussian_data[:100]).mean()
