@@ -378,9 +378,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self.integration_error_ = self._integration_error(Xt[:512].double().numpy())
         if self.integration_error_ > _MAX_INTEGRATION_ERROR:
             warnings.warn(
-                f"RK4 with {self.n_steps_eval or 2 * self.n_steps} steps does not resolve the fitted flow: the "
-                f"training data's mean log-likelihood moves by {self.integration_error_:.3g} nats with twice "
-                "the steps, so scores are unreliable. Increase n_steps (training) or n_steps_eval.",
+                f"RK4 with {self.n_steps_eval or 2 * self.n_steps} steps does not resolve the fitted flow: "
+                f"the training data's mean log-likelihood moves by {self.integration_error_:.3g} nats "
+                "with twice the steps, so scores are unreliable. Increase n_steps or n_steps_eval.",
                 RuntimeWarning,
                 stacklevel=3,
             )
