@@ -63,7 +63,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
 
     Parameters
     ----------
-    alpha : float, default=20.0
+    alpha : float, default=100.0
         Weight of the likelihood term against the transport cost (Li & Jing's :math:`\alpha`). Larger
         values fit the data more closely and make the flow less regular; as :math:`\alpha \to \infty`
         the fitted map approaches the optimal transport map to :math:`\mathcal N(0, I)`. Choose it by
@@ -83,9 +83,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         means ``2 * n_steps``.
     max_epochs : int, default=100
         Maximum number of passes over the training data.
-    batch_size : int, default=256
+    batch_size : int, default=128
         Minibatch size.
-    learning_rate : float, default=0.01
+    learning_rate : float, default=0.03
         Adam's initial learning rate, decayed by a cosine schedule over ``max_epochs``.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data, stop when its negative log-likelihood has not
@@ -186,7 +186,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     def __init__(
         self,
         *,
-        alpha=20.0,
+        alpha=100.0,
         alpha_hjb=1.0,
         hidden_width=32,
         n_layers=1,
@@ -194,8 +194,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         n_steps=8,
         n_steps_eval=None,
         max_epochs=100,
-        batch_size=256,
-        learning_rate=0.01,
+        batch_size=128,
+        learning_rate=0.03,
         early_stopping=True,
         validation_fraction=0.1,
         n_iter_no_change=10,
