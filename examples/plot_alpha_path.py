@@ -55,12 +55,17 @@ ax_l.plot(path.alpha, path.transport, "o", color="C0", label="OTFlowDensity")
 ax_l.set(xscale="log", xlabel="α", ylabel="transport cost E[L]", title="L rises to $W_2^2/2$")
 ax_l.legend()
 ax_kl.plot(grid, [c.kl for c in curve], color="k", label="closed form KL$_\\alpha$")
-ax_kl.plot(path.alpha, np.maximum(path.kl, 1e-6), "o", color="C3", label="OTFlowDensity")
-ax_kl.set(xscale="log", yscale="log", xlabel="α", ylabel="KL(ρ(·,1) ‖ N(0, I))", title="KL falls to 0")
+ax_kl.plot(path.alpha, path.kl, "o", color="C3", label="OTFlowDensity (estimate)")
+ax_kl.set_yscale("symlog", linthresh=1e-3)
+ax_kl.set(xscale="log", xlabel="α", ylabel="KL(ρ(·,1) ‖ N(0, I))", title="KL falls to 0")
 ax_kl.legend()
 fig.tight_layout()
 
 # %%
+# The fitted KL is estimated as the mean training NLL minus the entropy of the sample's Gaussian fit. A
+# flexible flow fits the sample slightly better than that Gaussian, so at large α, where the true KL is
+# below 1e-3, the estimate sits a few 1e-3 below zero: the optimism of any in-sample likelihood.
+#
 # The numbers behind the figure.
 print(" alpha   L_fit   L_alpha   KL_fit    KL_alpha  straightness  map_error")
 for i, a in enumerate(path.alpha):
