@@ -266,9 +266,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         log_density : ndarray of shape (n_samples,)
             :math:`\\log p(x)`, float64, the standardization's Jacobian included.
         """
-        z, ell, _, _ = self._flow(X)
-        log_p = -negative_log_likelihood(torch.from_numpy(z), torch.from_numpy(ell)).numpy()
-        return log_p - np.log(self.scale_).sum()
+        check_is_fitted(self)
+        X = check_input(self, X, reset=False)
+        return self._model_log_prob((X - self.mean_) / self.scale_) - np.log(self.scale_).sum()
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X`` (scikit-learn's convention for GaussianMixture), higher is better.
@@ -378,7 +378,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self.integration_error_ = self._integration_error(Xt[:512].double().numpy())
         if self.integration_error_ > _MAX_INTEGRATION_ERROR:
             warnings.warn(
-                f"RK4 with {self.n_steps_eval or 2 * self.n_steps} steps does not resolve the fitted flow: "
+                f"RK4 with {self._eval_steps()} steps does not resolve the fitted flow: "
                 f"the training data's mean log-likelihood moves by {self.integration_error_:.3g} nats "
                 "with twice the steps, so scores are unreliable. Increase n_steps or n_steps_eval.",
                 RuntimeWarning,
@@ -388,12 +388,16 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
 
     def _integration_error(self, X: np.ndarray) -> float:
         """|mean log-likelihood with the evaluation steps - with twice as many|, in nats."""
-        steps = self.n_steps_eval or 2 * self.n_steps
-        means = []
-        for n_steps in (steps, 2 * steps):
-            z, ell, _, _ = self._run(X, inverse=False, n_steps=n_steps)
-            means.append(negative_log_likelihood(torch.from_numpy(z), torch.from_numpy(ell)).mean().item())
-        return abs(means[0] - means[1])
+        steps = self._eval_steps()
+        return abs(self._model_log_prob(X, steps).mean() - self._model_log_prob(X, 2 * steps).mean())
+
+    def _eval_steps(self) -> int:
+        return self.n_steps_eval or 2 * self.n_steps
+
+    def _model_log_prob(self, X: np.ndarray, n_steps: int | None = None) -> np.ndarray:
+        """Log-density of standardized rows under the flow (the model's coordinates)."""
+        z, ell, _, _ = self._run(X, inverse=False, n_steps=n_steps)
+        return -negative_log_likelihood(torch.from_numpy(z), torch.from_numpy(ell)).numpy()
 
     @property
     def _n_features_out(self):
@@ -485,7 +489,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         """Flow standardized rows in float64 through batches of bounded size; numpy outputs."""
         device = torch.device(self.device)
         potential = copy.deepcopy(self.net_.module_.potential).to(device=device, dtype=torch.float64)
-        n_steps = n_steps or self.n_steps_eval or 2 * self.n_steps
+        n_steps = n_steps or self._eval_steps()
         rows = max(256, 2**21 // self.hidden_width)
         outs = []
         with torch.no_grad():

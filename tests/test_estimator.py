@@ -33,7 +33,7 @@ def gaussian_data():
 
 @pytest.fixture(scope="module")
 def fitted(gaussian_data):
-    return OTFlowDensity(max_epochs=40, alpha=50.0, **SMALL).fit(gaussian_data)
+    return OTFlowDensity(max_epochs=40, alpha=50.0, learning_rate=0.01, **SMALL).fit(gaussian_data)
 
 
 @pytest.fixture(scope="module")
