@@ -487,7 +487,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
 
     def _run(self, X: np.ndarray, inverse: bool, n_steps: int | None = None) -> tuple[np.ndarray, ...]:
         """Flow standardized rows in float64 through batches of bounded size; numpy outputs."""
-        device = torch.device(self.device)
+        # the net's device, not the parameter: skorch loads a CUDA-pickled net on the CPU where none exists
+        device = torch.device(self.net_.device)
         potential = copy.deepcopy(self.net_.module_.potential).to(device=device, dtype=torch.float64)
         n_steps = n_steps or self._eval_steps()
         rows = max(256, 2**21 // self.hidden_width)

@@ -320,3 +320,20 @@ def test_cuda_fit_score_sample(moons):
     est = OTFlowDensity(max_epochs=2, device="cuda", **SMALL).fit(moons)
     assert np.isfinite(est.score_samples(moons)).all()
     assert est.sample(5, random_state=0).shape == (5, 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a machine without a GPU")
+def test_model_pickled_for_cuda_loads_on_a_cpu_only_machine(fitted, gaussian_data):
+    """A model fitted with device="cuda" is pickled with its net's device; skorch maps it to the CPU on load
+    where no GPU exists (get_map_location), and evaluation follows the net's device, not the parameter."""
+    from skorch.exceptions import DeviceWarning
+
+    twin = pickle.loads(pickle.dumps(fitted))
+    twin.set_params(device="cuda")
+    twin.net_.device = "cuda"
+    with pytest.warns(DeviceWarning, match="no CUDA devices"):
+        restored = pickle.loads(pickle.dumps(twin))
+    assert torch.device(restored.net_.device).type == "cpu"
+    X = gaussian_data[:50]
+    np.testing.assert_array_equal(restored.score_samples(X), fitted.score_samples(X))
+    assert restored.sample(5, random_state=0).shape == (5, 2)
