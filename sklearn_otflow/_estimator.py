@@ -382,7 +382,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
                 f"the training data's mean log-likelihood moves by {self.integration_error_:.3g} nats "
                 "with twice the steps, so scores are unreliable. Increase n_steps or n_steps_eval.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         return self
 
@@ -474,7 +474,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         warnings.warn(
             f"Training stopped: {exc}. The weights of the last epoch with a finite loss were restored.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
 
     def _flow(self, X):

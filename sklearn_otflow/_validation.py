@@ -45,6 +45,6 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
             f"Feature(s) {np.flatnonzero(constant).tolist()} are constant: their density is a point mass, "
             "which the flow can only approximate; consider dropping them.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
     return mean, np.where(constant, 1.0, std)
