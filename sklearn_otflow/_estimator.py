@@ -465,7 +465,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         )
 
     def _recover(self, net, guard, exc) -> None:
-        if guard is None or guard.best_state is None:
+        """After a non-finite loss: restore the last finite epoch's weights with a warning, or raise."""
+        if guard.best_state is None:
             raise ValueError(
                 f"Training diverged: {exc}, before any epoch finished with a finite loss. Try a smaller "
                 "learning_rate, standardize=True, or dtype='float64'."
