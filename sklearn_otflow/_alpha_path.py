@@ -11,11 +11,13 @@ for straight paths, which optimal transport has); for Gaussian data also the clo
 from __future__ import annotations
 
 import numpy as np
+import torch
 from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 from sklearn.utils import Bunch
 
+from ._loss import negative_log_likelihood
 from .theory import brenier_map, empirical_moments, finite_alpha_optimum, gaussian_w2_squared
 
 __all__ = ["alpha_path"]
@@ -23,6 +25,11 @@ __all__ = ["alpha_path"]
 
 def _fit(estimator, alpha: float, X: np.ndarray):
     return clone(estimator).set_params(alpha=alpha).fit(X)
+
+
+def _mean_nll(z: np.ndarray, log_det: np.ndarray) -> float:
+    """Mean negative log-likelihood in the model's coordinates, from the flow's end state."""
+    return negative_log_likelihood(torch.from_numpy(z), torch.from_numpy(log_det)).mean().item()
 
 
 def _gaussian_entropy(cov: np.ndarray) -> float:
@@ -107,7 +114,7 @@ def alpha_path(
                 transport=transport,
                 hjb=diag.hjb_residual.mean(),
                 straightness=transport / chord - 1.0,
-                train_nll_model=-(est.score_samples(X).mean() + np.log(est.scale_).sum()),
+                train_nll_model=_mean_nll(diag.latent, diag.log_det),
                 latent=diag.latent,
                 X_model=X_model,
             )
