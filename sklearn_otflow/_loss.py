@@ -23,7 +23,7 @@ from torch import Tensor
 from ._dynamics import flow
 from ._potential import Potential
 
-__all__ = ["Objective", "objective", "log_prob", "negative_log_likelihood"]
+__all__ = ["Objective", "objective", "weighted_objective", "log_prob", "negative_log_likelihood"]
 
 
 class Objective(NamedTuple):
@@ -41,6 +41,13 @@ def negative_log_likelihood(z: Tensor, ell: Tensor) -> Tensor:
     return 0.5 * (z * z).sum(1) + 0.5 * d * math.log(2.0 * math.pi) - ell
 
 
+def weighted_objective(state: tuple[Tensor, ...], alpha: float, alpha_hjb: float) -> Objective:
+    r""":math:`J` and its parts from a flowed batch's end state ``(z, ell, L, R)``."""
+    z, ell, L, R = state
+    L, C, R = L.mean(), negative_log_likelihood(z, ell).mean(), R.mean()
+    return Objective(L + alpha * C + alpha_hjb * R, L, C, R)
+
+
 def objective(
     potential: Potential,
     x: Tensor,
@@ -56,9 +63,7 @@ def objective(
     >>> out.loss.shape, out.nll.shape
     (torch.Size([]), torch.Size([]))
     """
-    z, ell, L, R = flow(potential, x, n_steps, gemm_dtype=gemm_dtype)
-    L, C, R = L.mean(), negative_log_likelihood(z, ell).mean(), R.mean()
-    return Objective(L + alpha * C + alpha_hjb * R, L, C, R)
+    return weighted_objective(flow(potential, x, n_steps, gemm_dtype=gemm_dtype), alpha, alpha_hjb)
 
 
 def log_prob(potential: Potential, x: Tensor, n_steps: int) -> Tensor:

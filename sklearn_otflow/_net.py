@@ -21,7 +21,7 @@ from skorch.callbacks import Callback
 from torch import Tensor, nn
 
 from ._dynamics import flow
-from ._loss import Objective, negative_log_likelihood
+from ._loss import Objective, weighted_objective
 from ._potential import Potential
 
 __all__ = ["FlowModule", "OTFlowLoss", "OTFlowNet", "TrainingDiverged", "FiniteGuard"]
@@ -57,9 +57,7 @@ class OTFlowLoss(nn.Module):
         self.alpha, self.alpha_hjb = alpha, alpha_hjb
 
     def forward(self, y_pred: tuple[Tensor, ...], y_true=None) -> Objective:
-        z, ell, L, R = y_pred
-        L, C, R = L.mean(), negative_log_likelihood(z, ell).mean(), R.mean()
-        return Objective(L + self.alpha * C + self.alpha_hjb * R, L, C, R)
+        return weighted_objective(y_pred, self.alpha, self.alpha_hjb)
 
 
 class OTFlowNet(NeuralNet):
