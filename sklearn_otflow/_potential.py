@@ -20,7 +20,7 @@ and the activation :math:`\sigma(u) = \log(2\cosh u)`, so :math:`\sigma' = \tanh
 computed by a hand-written backward sweep (OT-Flow, Onken et al. 2021, section 3), in one pass of dense
 matrix products and with no autograd inside. Autograd may still differentiate *through* the result
 (training); the expensive part, the products with the :math:`m \times d` Jacobian blocks, goes through
-:class:`_JacobianTrace`, whose backward recomputes those blocks instead of storing them.
+:class:`_Trace`, whose backward recomputes those blocks instead of storing them.
 """
 
 from __future__ import annotations
