@@ -305,7 +305,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         z = check_random_state(random_state).standard_normal((n_samples, self.n_features_in_))
-        return self._unstandardize(self._run(z, inverse=True)[0])
+        return self._unstandardize(self._run(z, True, keep=lambda z, ell, L, R: (z,))[0])
 
     def transform(self, X):
         """Map ``X`` to the latent space: :math:`z = x(1)`, meant to be standard normal.
@@ -318,7 +318,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         -------
         Z : ndarray of shape (n_samples, n_features)
         """
-        return self._flow(X)[0]
+        return self._flow(X, keep=lambda z, ell, L, R: (z,))[0]
 
     def inverse_transform(self, X):
         """Map latent points back to the data space (the inverse flow), in the caller's units.
@@ -334,7 +334,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         """
         check_is_fitted(self)
         Z = check_input(self, X, reset=False)
-        return self._unstandardize(self._run(Z, inverse=True)[0])
+        return self._unstandardize(self._run(Z, True, keep=lambda z, ell, L, R: (z,))[0])
 
     def flow_diagnostics(self, X):
         """Per-sample quantities along the flow, in the model's standardized coordinates.
@@ -396,8 +396,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
 
     def _model_log_prob(self, X: np.ndarray, n_steps: int | None = None) -> np.ndarray:
         """Log-density of standardized rows under the flow (the model's coordinates)."""
-        z, ell, _, _ = self._run(X, inverse=False, n_steps=n_steps)
-        return -negative_log_likelihood(torch.from_numpy(z), torch.from_numpy(ell)).numpy()
+        (log_p,) = self._run(X, False, n_steps, keep=lambda z, ell, L, R: (-negative_log_likelihood(z, ell),))
+        return log_p
 
     @property
     def _n_features_out(self):
@@ -478,26 +478,33 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             stacklevel=5,
         )
 
-    def _flow(self, X):
+    def _flow(self, X, keep=None):
         check_is_fitted(self)
         X = check_input(self, X, reset=False)
-        return self._run((X - self.mean_) / self.scale_, inverse=False)
+        return self._run((X - self.mean_) / self.scale_, False, keep=keep)
 
     def _unstandardize(self, X):
         return X * self.scale_ + self.mean_
 
-    def _run(self, X: np.ndarray, inverse: bool, n_steps: int | None = None) -> tuple[np.ndarray, ...]:
-        """Flow standardized rows in float64 through batches of bounded size; numpy outputs."""
+    def _run(
+        self, X: np.ndarray, inverse: bool, n_steps: int | None = None, keep=None
+    ) -> tuple[np.ndarray, ...]:
+        """Flow standardized rows in float64 through batches of bounded size; numpy outputs.
+
+        ``keep`` maps a batch's end state ``(z, ell, L, R)`` to the tensors to return (default: all four),
+        so that only what the caller needs is kept for every row.
+        """
         # the net's device, not the parameter: skorch loads a CUDA-pickled net on the CPU where none exists
         device = torch.device(self.net_.device)
         potential = copy.deepcopy(self.net_.module_.potential).to(device=device, dtype=torch.float64)
         n_steps = n_steps or self._eval_steps()
-        rows = max(256, 2**21 // self.hidden_width)
+        rows = max(256, 2**19 // self.hidden_width)
         outs = []
         with torch.no_grad():
             for start in range(0, X.shape[0], rows):
                 x = torch.as_tensor(X[start : start + rows], dtype=torch.float64, device=device)
-                outs.append([t.cpu().numpy() for t in flow(potential, x, n_steps, inverse=inverse)])
+                state = flow(potential, x, n_steps, inverse=inverse)
+                outs.append([t.cpu().numpy() for t in (keep(*state) if keep else state)])
         return tuple(np.concatenate(parts) for parts in zip(*outs))
 
     def __sklearn_tags__(self):
