@@ -266,9 +266,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         log_density : ndarray of shape (n_samples,)
             :math:`\\log p(x)`, float64, the standardization's Jacobian included.
         """
-        check_is_fitted(self)
-        X = check_input(self, X, reset=False)
-        return self._model_log_prob((X - self.mean_) / self.scale_) - np.log(self.scale_).sum()
+        return self._flow(X, keep=_log_prob_only)[0] - np.log(self.scale_).sum()
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X`` (scikit-learn's convention for GaussianMixture), higher is better.
@@ -305,7 +303,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         z = check_random_state(random_state).standard_normal((n_samples, self.n_features_in_))
-        return self._unstandardize(self._run(z, True, keep=lambda z, ell, L, R: (z,))[0])
+        return self._unstandardize(self._run(z, True, keep=_latent_only)[0])
 
     def transform(self, X):
         """Map ``X`` to the latent space: :math:`z = x(1)`, meant to be standard normal.
@@ -318,7 +316,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         -------
         Z : ndarray of shape (n_samples, n_features)
         """
-        return self._flow(X, keep=lambda z, ell, L, R: (z,))[0]
+        return self._flow(X, keep=_latent_only)[0]
 
     def inverse_transform(self, X):
         """Map latent points back to the data space (the inverse flow), in the caller's units.
@@ -334,7 +332,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         """
         check_is_fitted(self)
         Z = check_input(self, X, reset=False)
-        return self._unstandardize(self._run(Z, True, keep=lambda z, ell, L, R: (z,))[0])
+        return self._unstandardize(self._run(Z, True, keep=_latent_only)[0])
 
     def flow_diagnostics(self, X):
         """Per-sample quantities along the flow, in the model's standardized coordinates.
@@ -396,7 +394,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
 
     def _model_log_prob(self, X: np.ndarray, n_steps: int | None = None) -> np.ndarray:
         """Log-density of standardized rows under the flow (the model's coordinates)."""
-        (log_p,) = self._run(X, False, n_steps, keep=lambda z, ell, L, R: (-negative_log_likelihood(z, ell),))
+        (log_p,) = self._run(X, False, n_steps, keep=_log_prob_only)
         return log_p
 
     @property
@@ -513,6 +511,16 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         tags.transformer_tags.preserves_dtype = ["float64"]
         tags.non_deterministic = False
         return tags
+
+
+def _latent_only(z, ell, L, R):
+    """What ``transform``, ``inverse_transform`` and ``sample`` keep of each evaluated batch."""
+    return (z,)
+
+
+def _log_prob_only(z, ell, L, R):
+    """What the log-density keeps of each evaluated batch: log p = -C, in the model's coordinates."""
+    return (-negative_log_likelihood(z, ell),)
 
 
 def _silent(*args, **kwargs) -> None:

@@ -89,7 +89,8 @@ class FiniteGuard(Callback):
     def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
         if loss is not None and not math.isfinite(loss.item()):
             self.epoch = len(net.history)
-            raise TrainingDiverged(f"the training loss became {loss.item()} in epoch {self.epoch}")
+            kind = "training" if training else "validation"
+            raise TrainingDiverged(f"the {kind} loss became {loss.item()} in epoch {self.epoch}")
 
     def on_epoch_end(self, net, **kwargs):
         losses = [net.history[-1].get(key) for key in ("train_loss", "valid_loss")]
