@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
+import threading
 import warnings
 
 import numpy as np
@@ -49,6 +51,41 @@ _BF16_MIN_BLOCK = 4096
 # it. A flow trained with too few RK4 steps can learn to exploit their discretization error (measured:
 # make_moons with n_steps=4 scored -0.02 at 8 evaluation steps, -2.02 at 64, where the mass was 1).
 _MAX_INTEGRATION_ERROR = 0.05
+
+_calls = threading.local()  # per thread: is a fit or an evaluation already running here?
+_active = [0]  # fits and evaluations running at this moment in this process
+_active_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _thread_share():
+    """Run torch with this call's share of the intra-op threads, restored afterwards.
+
+    Calls running at once in one process (joblib's threading backend, a thread pool) split the threads
+    between them instead of each using ``torch.get_num_threads()`` and oversubscribing the cores. torch's
+    thread count is per calling thread (OpenMP), so the scope touches no other thread. Yields a function
+    that re-applies the share, for loops to call as other calls start and end. Worker processes
+    (joblib's loky, Dask) already start torch with their share: both set ``OMP_NUM_THREADS`` in them.
+    """
+    if getattr(_calls, "inside", False):  # nested (fit's own evaluation): keep the outer share
+        yield lambda: None
+        return
+    total = torch.get_num_threads()
+
+    def rebalance() -> None:
+        torch.set_num_threads(max(1, total // max(1, _active[0])))
+
+    with _active_lock:
+        _active[0] += 1
+    rebalance()
+    _calls.inside = True
+    try:
+        yield rebalance
+    finally:
+        _calls.inside = False
+        torch.set_num_threads(total)
+        with _active_lock:
+            _active[0] -= 1
 
 
 class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, BaseEstimator):
@@ -254,6 +291,53 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             vars(self).update(previous)
             raise
 
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None, *, mean=None, scale=None):
+        """One epoch of training on ``X``, for data that arrive in chunks.
+
+        The first call on an unfitted estimator builds the model, sets ``n_features_in_`` and fixes the
+        standardization: ``mean`` and ``scale`` if given (e.g. from a
+        :class:`~sklearn.preprocessing.StandardScaler` run over the whole stream), else this chunk's
+        own. Later calls continue with both fixed; a model fitted by :meth:`fit` can be continued the
+        same way. Each call is one pass over ``X`` in mini-batches of ``batch_size`` at the constant
+        ``learning_rate``, with no validation split, early stopping or learning-rate schedule: the
+        caller decides when the stream ends (``max_epochs`` and ``early_stopping`` are not used).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A chunk of training data; at least 2 samples, finite values.
+        y : None
+            Ignored; present for API consistency.
+        mean : array-like of shape (n_features,), default=None
+            Standardization offset, first call only. Requires ``scale``.
+        scale : array-like of shape (n_features,), default=None
+            Standardization scale (positive), first call only. Requires ``mean``.
+
+        Returns
+        -------
+        self : OTFlowDensity
+            The estimator, trained one more epoch.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_otflow import OTFlowDensity
+        >>> chunks = np.random.default_rng(0).normal(size=(3, 100, 2))
+        >>> est = OTFlowDensity(hidden_width=8, random_state=0)
+        >>> for chunk in chunks:
+        ...     est = est.partial_fit(chunk)
+        >>> est.n_iter_, est.score_samples(chunks[0][:5]).shape
+        (3, (5,))
+        """
+        previous = dict(vars(self))  # a failed call leaves a fitted model as it was
+        try:
+            return self._partial_fit(X, mean, scale)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(previous)
+            raise
+
     def score_samples(self, X):
         """Log-density of each sample, in the caller's units.
 
@@ -303,7 +387,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         z = check_random_state(random_state).standard_normal((n_samples, self.n_features_in_))
-        return self._unstandardize(self._run(z, True, keep=_latent_only)[0])
+        return self._run(z, inverse=True, keep=_latent_only)[0]
 
     def transform(self, X):
         """Map ``X`` to the latent space: :math:`z = x(1)`, meant to be standard normal.
@@ -332,7 +416,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         """
         check_is_fitted(self)
         Z = check_input(self, X, reset=False)
-        return self._unstandardize(self._run(Z, True, keep=_latent_only)[0])
+        return self._run(Z, inverse=True, keep=_latent_only)[0]
 
     def flow_diagnostics(self, X):
         """Per-sample quantities along the flow, in the model's standardized coordinates.
@@ -359,33 +443,67 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         X = check_input(self, X, reset=not warm)
         if not warm:
             self.mean_, self.scale_ = standardization(X, self.standardize)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = self._seed()
+        return self._train(self.net_ if warm else self._build_net(seed), X, seed, initialize=not warm)
+
+    def _partial_fit(self, X, mean, scale):
+        first = not hasattr(self, "net_")
+        X = check_input(self, X, reset=first)
+        if not first and (mean is not None or scale is not None):
+            raise ValueError(
+                "mean and scale can only be given in the first call to partial_fit; the standardization "
+                f"is fixed after it (mean_={self.mean_!r}, scale_={self.scale_!r})."
+            )
+        seed = self._seed()
+        if first:
+            self.mean_, self.scale_ = _given_standardization(X, mean, scale, self.standardize)
+            net = self._build_net(seed, streaming=True)
+        else:
+            net = self.net_
+            # a model from fit() continues without its validation split, early stopping and schedule,
+            # at the learning rate its schedule had annealed
+            names = dict(net.callbacks_)
+            off = {f"callbacks__{name}": None for name in ("early_stopping", "lr_schedule") if name in names}
+            if off or net.train_split is not None:
+                net.set_params(train_split=None, lr=self.learning_rate, **off).initialize_callbacks()
+        snapshot = copy.deepcopy(net.module_.state_dict()) if not first else None
+        try:
+            return self._train(net, X, seed, initialize=first, epochs=1)
+        except BaseException:
+            if snapshot is not None:  # the weights of the model as it was before this call
+                net.module_.load_state_dict(snapshot)
+            raise
+
+    def _seed(self) -> int:
+        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+    def _train(self, net: OTFlowNet, X: np.ndarray, seed: int, initialize: bool, **fit_params):
+        """Train ``net`` on rows ``X`` (caller's units) with skorch, then record the fitted attributes."""
         Xt = torch.as_tensor((X - self.mean_) / self.scale_, dtype=_DTYPES[self.dtype])
-        net = self.net_ if warm else self._build_net(seed)
-        with torch.random.fork_rng(devices=[]):
+        with _thread_share(), torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            if not warm:
+            if initialize:
                 net.initialize()
             try:
-                net.partial_fit(Xt)
+                net.partial_fit(Xt, **fit_params)
             except TrainingDiverged as exc:
                 self._recover(net, dict(net.callbacks_)["finite_guard"], exc)
         self.net_ = net
         self.history_ = net.history
         self.n_iter_ = len(net.history)
-        self.integration_error_ = self._integration_error(Xt[:512].double().numpy())
+        self.integration_error_ = self._integration_error(X[:512])
         if self.integration_error_ > _MAX_INTEGRATION_ERROR:
             warnings.warn(
                 f"RK4 with {self._eval_steps()} steps does not resolve the fitted flow: "
                 f"the training data's mean log-likelihood moves by {self.integration_error_:.3g} nats "
                 "with twice the steps, so scores are unreliable. Increase n_steps or n_steps_eval.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         return self
 
     def _integration_error(self, X: np.ndarray) -> float:
-        """|mean log-likelihood with the evaluation steps - with twice as many|, in nats."""
+        """|mean log-likelihood of rows ``X`` with the evaluation steps - with twice as many|, in nats."""
         steps = self._eval_steps()
         return abs(self._model_log_prob(X, steps).mean() - self._model_log_prob(X, 2 * steps).mean())
 
@@ -393,15 +511,17 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         return self.n_steps_eval or 2 * self.n_steps
 
     def _model_log_prob(self, X: np.ndarray, n_steps: int | None = None) -> np.ndarray:
-        """Log-density of standardized rows under the flow (the model's coordinates)."""
-        (log_p,) = self._run(X, False, n_steps, keep=_log_prob_only)
+        """Log-density of rows ``X`` (caller's units) in the model's standardized coordinates."""
+        (log_p,) = self._run(X, n_steps=n_steps, keep=_log_prob_only)
         return log_p
 
     @property
     def _n_features_out(self):
         return self.n_features_in_
 
-    def _build_net(self, seed: int) -> OTFlowNet:
+    def _build_net(self, seed: int, streaming: bool = False) -> OTFlowNet:
+        """skorch net for ``fit``; with ``streaming`` (``partial_fit``), one without validation split,
+        early stopping or learning-rate schedule, since the stream's length is unknown."""
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} was requested, but torch finds no CUDA device.")
@@ -413,19 +533,21 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             and self.hidden_width * d >= _BF16_MIN_BLOCK
         ):
             gemm_dtype = _fast_block_dtype(device)
+        validate = self.early_stopping and not streaming
         scores = [
             PassthroughScoring(f"{prefix}_{name}", on_train=prefix == "train")
-            for prefix in (("train", "valid") if self.early_stopping else ("train",))
+            for prefix in (("train", "valid") if validate else ("train",))
             for name in ("nll", "transport", "hjb")
         ]
-        callbacks = [
-            *[(score.name, score) for score in scores],
-            ("lr_schedule", LRScheduler("CosineAnnealingLR", T_max=self.max_epochs)),
+        callbacks = [(score.name, score) for score in scores]
+        if not streaming:
+            callbacks.append(("lr_schedule", LRScheduler("CosineAnnealingLR", T_max=self.max_epochs)))
+        callbacks += [
             # clip only real spikes: typical norms grow with the loss weights, about 1-10 per unit weight
             ("grad_clip", GradientNormClipping(20.0 * (1.0 + self.alpha + self.alpha_hjb))),
             ("finite_guard", FiniteGuard()),
         ]
-        if self.early_stopping:
+        if validate:
             stop = EarlyStopping(
                 monitor="valid_nll",
                 patience=self.n_iter_no_change,
@@ -436,7 +558,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             callbacks.append(("early_stopping", stop))
         for i, cb in enumerate(self.callbacks or []):
             callbacks.append((f"user_{i}", cb))
-        split = ValidSplit(self.validation_fraction, random_state=seed) if self.early_stopping else None
+        split = ValidSplit(self.validation_fraction, random_state=seed) if validate else None
         return OTFlowNet(
             FlowModule,
             module__n_features=d,
@@ -444,6 +566,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             module__n_layers=self.n_layers,
             module__rank=self.rank,
             module__n_steps=self.n_steps,
+            module__n_steps_eval=self._eval_steps(),
             module__dtype=_DTYPES[self.dtype],
             module__gemm_dtype=gemm_dtype,
             criterion=OTFlowLoss,
@@ -473,37 +596,44 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         warnings.warn(
             f"Training stopped: {exc}. The weights of the last epoch with a finite loss were restored.",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=6,
         )
 
     def _flow(self, X, keep=None):
         check_is_fitted(self)
         X = check_input(self, X, reset=False)
-        return self._run((X - self.mean_) / self.scale_, False, keep=keep)
-
-    def _unstandardize(self, X):
-        return X * self.scale_ + self.mean_
+        return self._run(X, keep=keep)
 
     def _run(
-        self, X: np.ndarray, inverse: bool, n_steps: int | None = None, keep=None
+        self, X: np.ndarray, inverse: bool = False, n_steps: int | None = None, keep=None
     ) -> tuple[np.ndarray, ...]:
-        """Flow standardized rows in float64 through batches of bounded size; numpy outputs.
+        """Flow rows in float64 through batches of bounded size; numpy outputs.
 
-        ``keep`` maps a batch's end state ``(z, ell, L, R)`` to the tensors to return (default: all four),
-        so that only what the caller needs is kept for every row.
+        Forward, ``X`` is data in the caller's units, standardized batch by batch; inverse, ``X`` is
+        latent and the first output comes back in the caller's units. ``keep`` maps a batch's end state
+        ``(z, ell, L, R)`` to the tensors to return (default: all four), so that only what the caller
+        needs is kept for every row. Memory beyond ``X`` and the outputs is one batch's worth.
         """
         # the net's device, not the parameter: skorch loads a CUDA-pickled net on the CPU where none exists
         device = torch.device(self.net_.device)
         potential = copy.deepcopy(self.net_.module_.potential).to(device=device, dtype=torch.float64)
         n_steps = n_steps or self._eval_steps()
         rows = max(256, 2**19 // self.hidden_width)
-        outs = []
-        with torch.no_grad():
+        mean, scale = (torch.as_tensor(a, device=device) for a in (self.mean_, self.scale_))
+        outs = None  # allocated once the first batch gives the shapes; filled in place
+        with torch.no_grad(), _thread_share() as rebalance:
             for start in range(0, X.shape[0], rows):
+                rebalance()
                 x = torch.as_tensor(X[start : start + rows], dtype=torch.float64, device=device)
-                state = flow(potential, x, n_steps, inverse=inverse)
-                outs.append([t.cpu().numpy() for t in (keep(*state) if keep else state)])
-        return tuple(np.concatenate(parts) for parts in zip(*outs))
+                state = flow(potential, x if inverse else (x - mean) / scale, n_steps, inverse=inverse)
+                if inverse:
+                    state = (state[0] * scale + mean, *state[1:])
+                parts = [t.cpu().numpy() for t in (keep(*state) if keep else state)]
+                if outs is None:
+                    outs = tuple(np.empty((X.shape[0], *part.shape[1:])) for part in parts)
+                for out, part in zip(outs, parts):
+                    out[start : start + rows] = part
+        return outs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -511,6 +641,24 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         tags.transformer_tags.preserves_dtype = ["float64"]
         tags.non_deterministic = False
         return tags
+
+
+def _given_standardization(X: np.ndarray, mean, scale, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, scale)`` given by the caller, checked; else ``X``'s own (see ``standardization``)."""
+    if mean is None and scale is None:
+        return standardization(X, enabled)
+    d = X.shape[1]
+    if mean is None or scale is None:
+        raise ValueError(f"Expected both mean and scale or neither; got mean={mean!r}, scale={scale!r}.")
+    mean, scale = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (mean, scale))
+    if mean.shape != (d,) or scale.shape != (d,):
+        raise ValueError(
+            f"Expected mean and scale of shape ({d},) for X with {d} features; "
+            f"got shapes {mean.shape} and {scale.shape}."
+        )
+    if not (np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError(f"Expected finite mean and finite positive scale; got mean={mean}, scale={scale}.")
+    return mean, scale
 
 
 def _latent_only(z, ell, L, R):

@@ -4,7 +4,9 @@ skorch owns the loop (batches, validation split, callbacks, early stopping, lear
 progress); this module only supplies what is specific to OT-Flow:
 
 - :class:`FlowModule` pushes a batch along the flow: ``(z, ell, L, R)``; in training mode with the
-  training step count and block precision, in evaluation mode (validation) exactly.
+  training step count and block precision, in evaluation mode (validation) exactly and with the
+  evaluation step count, so that early stopping sees the likelihood that ``score`` will report, not one
+  that a flow exploiting the training steps' discretization error can inflate.
 - :class:`OTFlowLoss` turns that into :math:`J = \\operatorname{mean}[L + \\alpha C + \\alpha_{hjb} R]`.
 - :class:`OTFlowNet` records the three parts per batch (``train_nll``, ``valid_nll``, ...), which
   :class:`skorch.callbacks.PassthroughScoring` turns into per-epoch history columns.
@@ -37,16 +39,18 @@ class FlowModule(nn.Module):
         n_layers: int,
         rank: int,
         n_steps: int,
+        n_steps_eval: int | None = None,
         dtype: torch.dtype = torch.float32,
         gemm_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.potential = Potential(n_features, width=width, n_layers=n_layers, rank=rank).to(dtype)
-        self.n_steps, self.gemm_dtype = n_steps, gemm_dtype
+        self.n_steps, self.n_steps_eval, self.gemm_dtype = n_steps, n_steps_eval or n_steps, gemm_dtype
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        gemm_dtype = self.gemm_dtype if self.training else None
-        return flow(self.potential, x, self.n_steps, gemm_dtype=gemm_dtype)
+        if self.training:
+            return flow(self.potential, x, self.n_steps, gemm_dtype=self.gemm_dtype)
+        return flow(self.potential, x, self.n_steps_eval)
 
 
 class OTFlowLoss(nn.Module):

@@ -1,0 +1,176 @@
+"""Scale: streaming fits (partial_fit), evaluation memory bounded by a batch, threads, Dask."""
+
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+from sklearn.model_selection import GridSearchCV, KFold
+
+import sklearn_otflow._estimator as estimator_module
+from sklearn_otflow import OTFlowDensity
+
+SMALL = dict(hidden_width=16, n_steps=4, batch_size=128, learning_rate=0.01, alpha=50.0, random_state=0)
+MEAN, COV = np.array([3.0, -1.0]), np.array([[4.0, 1.2], [1.2, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def gaussian_split():
+    rng = np.random.default_rng(1)
+    X = rng.multivariate_normal(MEAN, COV, size=2000)
+    return X[:1500], X[1500:]
+
+
+@pytest.fixture(scope="module")
+def streamed(gaussian_split):
+    """15 passes over the training rows, arriving as 3 chunks per pass."""
+    X, _ = gaussian_split
+    est = OTFlowDensity(**SMALL)
+    for _ in range(15):
+        for chunk in np.array_split(X, 3):
+            est.partial_fit(chunk)
+    return est
+
+
+def test_partial_fit_matches_a_full_fit(streamed, gaussian_split):
+    X, X_test = gaussian_split
+    full = OTFlowDensity(max_epochs=15, early_stopping=False, **SMALL).fit(X)
+    true = multivariate_normal(MEAN, COV).logpdf(X_test).mean()
+    assert streamed.n_iter_ == 45
+    assert abs(streamed.score(X_test) - full.score(X_test)) < 0.05
+    assert abs(streamed.score(X_test) - true) < 0.1
+    assert np.isfinite(streamed.score_samples(X_test)).all()
+
+
+def test_partial_fit_fixes_the_standardization_at_the_first_call(gaussian_split):
+    X, _ = gaussian_split
+    est = OTFlowDensity(**SMALL).partial_fit(X[:200])
+    first = est.mean_.copy(), est.scale_.copy()
+    np.testing.assert_allclose(first[0], X[:200].mean(0))
+    est.partial_fit(X[200:400] * 10.0)
+    np.testing.assert_array_equal(est.mean_, first[0])
+    np.testing.assert_array_equal(est.scale_, first[1])
+    with pytest.raises(ValueError, match="only be given in the first call"):
+        est.partial_fit(X[:200], mean=[0.0, 0.0], scale=[1.0, 1.0])
+
+
+def test_partial_fit_uses_the_standardization_it_is_given(gaussian_split):
+    X, _ = gaussian_split
+    est = OTFlowDensity(**SMALL).partial_fit(X[:200], mean=MEAN, scale=np.sqrt(np.diag(COV)))
+    np.testing.assert_array_equal(est.mean_, MEAN)
+    np.testing.assert_array_equal(est.scale_, np.sqrt(np.diag(COV)))
+    for mean, scale, match in [
+        ([0.0], [1.0], "of shape \\(2,\\)"),
+        ([0.0, 0.0], [1.0, 0.0], "positive scale"),
+        ([0.0, 0.0], None, "both mean and scale"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            OTFlowDensity(**SMALL).partial_fit(X[:200], mean=mean, scale=scale)
+
+
+def test_partial_fit_continues_a_fitted_model(gaussian_split):
+    X, X_test = gaussian_split
+    est = OTFlowDensity(max_epochs=3, **SMALL).fit(X)
+    before = est.score_samples(X_test)
+    est.partial_fit(X[:500])
+    assert est.n_iter_ == 4
+    assert est.net_.train_split is None
+    # the fit's cosine schedule had annealed the rate to 0: the stream trains at learning_rate again
+    assert est.net_.optimizer_.param_groups[0]["lr"] == SMALL["learning_rate"]
+    assert not np.allclose(est.score_samples(X_test), before)
+
+
+def test_a_failed_partial_fit_keeps_the_model(streamed, gaussian_split):
+    _, X_test = gaussian_split
+    before = streamed.score_samples(X_test)
+    n_iter = streamed.n_iter_
+    for bad in (X_test[:, :1], np.full((10, 2), np.nan)):
+        with pytest.raises(ValueError):
+            streamed.partial_fit(bad)
+    assert streamed.n_iter_ == n_iter
+    np.testing.assert_array_equal(streamed.score_samples(X_test), before)
+
+
+def _rows_per_flow_call(monkeypatch):
+    rows = []
+    original = estimator_module.flow
+
+    def spy(potential, x, *args, **kwargs):
+        rows.append(x.shape[0])
+        return original(potential, x, *args, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "flow", spy)
+    return rows
+
+
+@pytest.mark.parametrize("method", ["score_samples", "transform", "inverse_transform"])
+def test_evaluation_memory_is_bounded_by_a_batch(streamed, method, monkeypatch):
+    """Twice the rows: the batches stay the same size and nothing but the output grows.
+
+    tracemalloc sees numpy's allocations (the inputs' copies and the outputs), not torch's; torch's
+    working memory is one batch's, and the spy checks that no call flows more rows than one batch.
+    """
+    rows = _rows_per_flow_call(monkeypatch)
+    batch = max(256, 2**19 // streamed.hidden_width)
+    for n in (3 * batch // 2, 3 * batch):
+        X = np.random.default_rng(0).normal(size=(n, 2))
+        tracemalloc.start()
+        out = getattr(streamed, method)(X)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        # the output and at most a few batch-sized temporaries; a copy of X would add n * 16 bytes
+        assert peak <= out.nbytes + 64 * batch, (n, peak, out.nbytes)
+    assert max(rows) == batch and len(rows) == 2 + 3
+
+
+def test_concurrent_evaluations_share_the_threads(streamed, monkeypatch):
+    """Two scoring calls in threads of one process split torch's threads, and leave them as they were."""
+    seen, barrier = [], threading.Barrier(2)
+    original = estimator_module.flow
+
+    def spy(potential, x, *args, **kwargs):
+        barrier.wait(timeout=60)  # both calls are running from here on
+        seen.append(torch.get_num_threads())
+        return original(potential, x, *args, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "flow", spy)
+    total = torch.get_num_threads()
+    batch = max(256, 2**19 // streamed.hidden_width)
+    X = np.zeros((2 * batch, 2))
+    threads = [threading.Thread(target=streamed.score_samples, args=(X,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # every batch after the first in each thread sees both calls running
+    assert len(seen) == 4 and sorted(seen)[:2] == [max(1, total // 2)] * 2
+    assert torch.get_num_threads() == total
+
+
+def test_grid_search_on_a_dask_cluster_equals_the_local_one(gaussian_split):
+    distributed = pytest.importorskip("distributed")
+    import joblib
+
+    X, _ = gaussian_split
+    params = dict(hidden_width=8, n_steps=4, max_epochs=3, random_state=0)
+
+    def search():
+        grid = {"alpha": [10.0, 50.0]}
+        return GridSearchCV(OTFlowDensity(**params), grid, cv=KFold(2), n_jobs=2).fit(X[:600])
+
+    local = search()
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+        ) as cluster,
+        distributed.Client(cluster),
+        joblib.parallel_backend("dask"),
+    ):
+        on_dask = search()
+    np.testing.assert_allclose(
+        on_dask.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"], rtol=1e-6
+    )
+    assert on_dask.best_params_ == local.best_params_
+    np.testing.assert_allclose(on_dask.score(X[600:]), local.score(X[600:]), rtol=1e-6)
