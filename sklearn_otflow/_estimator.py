@@ -126,7 +126,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Adam's initial learning rate, decayed by a cosine schedule over ``max_epochs``.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data, stop when its negative log-likelihood has not
-        improved for ``n_iter_no_change`` epochs, and keep the best weights.
+        improved for ``n_iter_no_change`` epochs, and keep the best weights. The held-out likelihood
+        is computed as ``score`` computes it (``n_steps_eval`` steps, exact trace), so a flow that
+        learns to exploit the training steps' discretization error is not mistaken for a better one.
     validation_fraction : float, default=0.1
         Fraction of the training data held out for early stopping.
     n_iter_no_change : int, default=10
@@ -167,7 +169,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Per-epoch records: ``train_loss``, ``train_nll``, ``train_transport``, ``train_hjb`` and, with
         early stopping, the same with the ``valid_`` prefix.
     n_iter_ : int
-        Number of epochs run.
+        Number of epochs run (``fit``), or in total over the calls (``partial_fit``).
     integration_error_ : float
         Change of the mean log-likelihood of (up to 512 of) the training samples, in nats, when the
         evaluation step count is doubled; above 0.05 a warning says to raise ``n_steps``.
