@@ -175,6 +175,26 @@ def test_early_stopping_stops_and_keeps_the_best_weights(moons):
     assert X_valid_nll[-1] == best
 
 
+def test_early_stopping_scores_at_the_evaluation_step_count(moons, monkeypatch):
+    """Validation flows with n_steps_eval, as score does: a flow exploiting the training steps'
+    discretization error must not look better to early stopping than it is (measured on make_moons,
+    200 epochs: validated at the 8 training steps, the validation NLL kept falling while the
+    likelihood at 32 steps had been rising since epoch 61)."""
+    import sklearn_otflow._net as net_module
+
+    calls = []
+    original = net_module.flow
+
+    def spy(potential, x, n_steps, **kwargs):
+        calls.append((torch.is_grad_enabled(), n_steps))
+        return original(potential, x, n_steps, **kwargs)
+
+    monkeypatch.setattr(net_module, "flow", spy)
+    OTFlowDensity(max_epochs=1, n_steps_eval=7, **SMALL).fit(moons)
+    assert {steps for grad, steps in calls if grad} == {SMALL["n_steps"]}
+    assert {steps for grad, steps in calls if not grad} == {7}
+
+
 def test_constant_column_and_large_scale_just_work():
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.normal(size=300), np.full(300, 7.0)])
