@@ -1,7 +1,7 @@
 """
-==========================================================
+===========================================================
 The α-path: OT-Flow approaches optimal transport as α grows
-==========================================================
+===========================================================
 
 OT-Flow minimises the transport cost :math:`L` plus :math:`\\alpha` times the negative log-likelihood.
 Li & Jing (2024) prove that as :math:`\\alpha \\to \\infty` this problem Γ-converges to optimal transport.
