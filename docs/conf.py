@@ -45,18 +45,21 @@ html_title = f"sklearn-otflow {version}"
 html_static_path = ["_static"]
 html_theme_options = {
     "navbar_align": "left",
+    "header_links_before_dropdown": 7,
     "show_prev_next": False,
     "secondary_sidebar_items": ["page-toc"],
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }
-html_sidebars = {"install": [], "changelog": []}
+# no left sidebar on single pages: it would only say "Section Navigation" over nothing
+html_sidebars = {page: [] for page in ("index", "install", "user_guide", "theory", "benchmarks", "changelog")}
 html_show_sourcelink = False
 
 # -- API reference: autosummary pages in numpydoc style ---------------------------------------------------
 autosummary_generate = True
 autodoc_default_options = {"members": True}
 autodoc_typehints = "none"  # numpydoc's Parameters sections carry the types
+autodoc_member_order = "bysource"  # fit, score_samples, score, sample, ...: the order of the source
 numpydoc_show_class_members = False
 
 # -- intersphinx: inventories committed under _intersphinx/, so that the build needs no network -----------

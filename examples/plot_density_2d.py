@@ -28,7 +28,9 @@ from sklearn.neighbors import KernelDensity
 from sklearn_otflow import OTFlowDensity, odeint_rk4
 
 X, y = make_moons(n_samples=2000, noise=0.08, random_state=0)
-X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
+X_train, X_test, y_train, y_test = train_test_split(
+    X, y, test_size=0.25, random_state=0
+)
 
 # %%
 # Three density estimators
@@ -36,8 +38,12 @@ X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random
 # KernelDensity's bandwidth and GaussianMixture's number of components are chosen by 5-fold
 # cross-validated log-likelihood. OTFlowDensity uses its defaults, which standardize the data and
 # stop training when the likelihood of a held-out tenth of the training set stops improving.
-kde = GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-1.5, -0.5, 11)}).fit(X_train)
-gmm = GridSearchCV(GaussianMixture(random_state=0), {"n_components": [4, 8, 16, 32]}).fit(X_train)
+kde = GridSearchCV(
+    KernelDensity(), {"bandwidth": np.logspace(-1.5, -0.5, 11)}
+).fit(X_train)
+gmm = GridSearchCV(
+    GaussianMixture(random_state=0), {"n_components": [4, 8, 16, 32]}
+).fit(X_train)
 flow = OTFlowDensity(random_state=0).fit(X_train)
 
 models = {
@@ -47,14 +53,18 @@ models = {
 }
 print(f"KernelDensity bandwidth: {kde.best_params_['bandwidth']:.3f}")
 print(f"GaussianMixture components: {gmm.best_params_['n_components']}")
-print(f"OTFlowDensity epochs: {flow.n_iter_}, RK4 integration error: {flow.integration_error_:.1e} nats")
+print(f"OTFlowDensity epochs: {flow.n_iter_}")
+print(f"RK4 integration error: {flow.integration_error_:.1e} nats")
 
 # %%
 # The three models score the same held-out points. ``score_samples`` is the log-density in the data's
 # units for all three, so the means compare directly (``KernelDensity.score`` would be a sum, hence the
 # explicit mean).
 for name, model in models.items():
-    print(f"{name:>16}: held-out mean log-likelihood {model.score_samples(X_test).mean():.3f}")
+    mean_log_likelihood = model.score_samples(X_test).mean()
+    print(
+        f"{name:>16}: held-out mean log-likelihood {mean_log_likelihood:.3f}"
+    )
 
 # %%
 # Densities and samples
@@ -70,7 +80,9 @@ for (name, model), top, bottom in zip(models.items(), axes[0], axes[1]):
     top.contourf(xs, ys, density, levels=20, cmap="Blues")
     top.scatter(*X_test.T, s=2, c="k", alpha=0.4)
     top.set_title(name)
-    if name == "GaussianMixture":  # seeded by its own random_state; returns the components too
+    if (
+        name == "GaussianMixture"
+    ):  # seeded by its own random_state; returns the components too
         samples, _ = model.sample(len(X_test))
     else:
         samples = model.sample(len(X_test), random_state=0)
@@ -89,12 +101,16 @@ fig.tight_layout()
 # :func:`~sklearn_otflow.odeint_rk4` one step at a time keeps the intermediate positions. With the
 # evaluation's step count, the last position is exactly what ``transform`` returns.
 potential = copy.deepcopy(flow.net_.module_.potential).double()
-n_steps = flow.n_steps_eval or 2 * flow.n_steps  # the evaluation's step count, as documented
+n_steps = (
+    flow.n_steps_eval or 2 * flow.n_steps
+)  # the evaluation's step count, as documented
 
 
 def velocity(t, state):
     (x,) = state
-    grad, _ = potential.grad_and_trace(x, t)  # the gradient in (x, t); its last column is the time part
+    grad, _ = potential.grad_and_trace(
+        x, t
+    )  # the gradient in (x, t); its last column is the time part
     return (-grad[:, :-1],)
 
 
@@ -104,10 +120,13 @@ x = torch.as_tensor((X_test[shown] - flow.mean_) / flow.scale_)
 path = [x]
 with torch.no_grad():
     for k in range(n_steps):
-        (x,) = odeint_rk4(velocity, (x,), k / n_steps, (k + 1) / n_steps, n_steps=1)
+        (x,) = odeint_rk4(
+            velocity, (x,), k / n_steps, (k + 1) / n_steps, n_steps=1
+        )
         path.append(x)
 path = torch.stack(path).numpy()  # (n_steps + 1, n_points, 2)
-print(f"largest distance to transform(): {np.abs(path[-1] - flow.transform(X_test[shown])).max():.1e}")
+distance = np.abs(path[-1] - flow.transform(X_test[shown])).max()
+print(f"largest distance to transform(): {distance:.1e}")
 
 # %%
 # Each grey line is one point's path, from a dot (the data point) to a cross (its latent image); the
@@ -118,11 +137,24 @@ print(f"largest distance to transform(): {np.abs(path[-1] - flow.transform(X_tes
 fig, ax = plt.subplots(figsize=(6.5, 6))
 ax.plot(path[:, :, 0], path[:, :, 1], color="0.6", linewidth=0.5, zorder=1)
 colors = np.array(["C0", "C1"])[y_test[shown]]
-ax.scatter(*path[0].T, s=8, c=colors, marker="o", label="data (t = 0)", zorder=2)
-ax.scatter(*path[-1].T, s=14, c=colors, marker="x", label="latent (t = 1)", zorder=2)
+ax.scatter(
+    *path[0].T, s=8, c=colors, marker="o", label="data (t = 0)", zorder=2
+)
+ax.scatter(
+    *path[-1].T, s=14, c=colors, marker="x", label="latent (t = 1)", zorder=2
+)
 for radius in (1, 2, 3):
-    ax.add_patch(plt.Circle((0, 0), radius, fill=False, linestyle=":", color="k", linewidth=0.8))
-ax.set(xlim=(-3.5, 3.5), ylim=(-3.5, 3.5), aspect="equal", title="OT-Flow transport paths")
+    ax.add_patch(
+        plt.Circle(
+            (0, 0), radius, fill=False, linestyle=":", color="k", linewidth=0.8
+        )
+    )
+ax.set(
+    xlim=(-3.5, 3.5),
+    ylim=(-3.5, 3.5),
+    aspect="equal",
+    title="OT-Flow transport paths",
+)
 ax.set_xlabel("standardized $x_1$  →  latent $z_1$")
 ax.set_ylabel("standardized $x_2$  →  latent $z_2$")
 ax.legend(loc="upper right")

@@ -42,7 +42,10 @@ def mean_log_likelihood(estimator, X, y=None):
 
 
 kde_search = GridSearchCV(
-    KernelDensity(), {"bandwidth": np.logspace(-1, 1, 20)}, cv=cv, scoring=mean_log_likelihood
+    KernelDensity(),
+    {"bandwidth": np.logspace(-1, 1, 20)},
+    cv=cv,
+    scoring=mean_log_likelihood,
 ).fit(data)
 print(f"KernelDensity: bandwidth {kde_search.best_params_['bandwidth']:.2f}")
 
@@ -55,10 +58,14 @@ flow_search = GridSearchCV(
     {"alpha": [100.0, 1000.0, 10000.0]},
     cv=cv,
 ).fit(data)
-for alpha, score in zip(flow_search.cv_results_["param_alpha"], flow_search.cv_results_["mean_test_score"]):
-    print(f"OTFlowDensity: alpha {alpha:7.0f}, held-out mean log-likelihood {score:.2f}")
+for alpha, score in zip(
+    flow_search.cv_results_["param_alpha"],
+    flow_search.cv_results_["mean_test_score"],
+):
+    print(f"OTFlowDensity: alpha {alpha:5.0f}, held-out {score:.2f}")
 flow = flow_search.best_estimator_
-print(f"best alpha {flow.alpha:.0f}; RK4 integration error {flow.integration_error_:.1e} nats")
+print(f"best alpha: {flow.alpha:.0f}")
+print(f"RK4 integration error: {flow.integration_error_:.1e} nats")
 
 # %%
 # The two models, side by side: mean held-out log-likelihood per digit, in the 15 PCA dimensions.
@@ -70,7 +77,9 @@ print(f"OTFlowDensity: {flow_search.best_score_:.2f}")
 # -----------------------------
 # Each model samples 44 points in the PCA space; ``pca.inverse_transform`` turns them back into images.
 real = digits.data[:44]
-new_kde = pca.inverse_transform(kde_search.best_estimator_.sample(44, random_state=0))
+new_kde = pca.inverse_transform(
+    kde_search.best_estimator_.sample(44, random_state=0)
+)
 new_flow = pca.inverse_transform(flow.sample(44, random_state=0))
 
 panels = {
@@ -82,6 +91,12 @@ fig = plt.figure(figsize=(8, 11))
 for row, (title, images) in zip(fig.subfigures(3, 1), panels.items()):
     axes = row.subplots(4, 11, subplot_kw=dict(xticks=[], yticks=[]))
     for ax, image in zip(axes.flat, images):
-        ax.imshow(image.reshape(8, 8), cmap="binary", vmin=0, vmax=16, interpolation="nearest")
+        ax.imshow(
+            image.reshape(8, 8),
+            cmap="binary",
+            vmin=0,
+            vmax=16,
+            interpolation="nearest",
+        )
     row.suptitle(title)
 plt.show()

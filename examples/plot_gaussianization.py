@@ -33,10 +33,14 @@ X, y = make_moons(n_samples=600, noise=0.2, random_state=0)
 pipelines = {
     "StandardScaler": make_pipeline(StandardScaler(), LogisticRegression()),
     "QuantileTransformer": make_pipeline(
-        QuantileTransformer(n_quantiles=200, output_distribution="normal", random_state=0),
+        QuantileTransformer(
+            n_quantiles=200, output_distribution="normal", random_state=0
+        ),
         LogisticRegression(),
     ),
-    "OTFlowDensity": make_pipeline(OTFlowDensity(random_state=0), LogisticRegression()),
+    "OTFlowDensity": make_pipeline(
+        OTFlowDensity(random_state=0), LogisticRegression()
+    ),
 }
 
 # %%
@@ -46,7 +50,8 @@ pipelines = {
 cv = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
 for name, pipe in pipelines.items():
     scores = cross_val_score(pipe, X, y, cv=cv)
-    print(f"{name:>19} + LogisticRegression: accuracy {scores.mean():.3f} ± {scores.std():.3f}")
+    mean, sd = scores.mean(), scores.std()
+    print(f"{name:>19} + LogisticRegression: {mean:.3f} ± {sd:.3f}")
 
 # %%
 # What the classifier sees, and what it does
@@ -64,7 +69,9 @@ grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
 fig, axes = plt.subplots(1, 4, figsize=(16, 4))
 for ax, (name, pipe) in zip(axes, pipelines.items()):
     proba = pipe.predict_proba(grid)[:, 1].reshape(len(ys), len(xs))
-    ax.contourf(xs, ys, proba, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6)
+    ax.contourf(
+        xs, ys, proba, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6
+    )
     ax.contour(xs, ys, proba, levels=[0.5], colors="k", linewidths=1.5)
     ax.scatter(*X.T, c=y, cmap="RdBu_r", s=6, edgecolors="k", linewidths=0.2)
     ax.set(title=f"{name} + LogisticRegression", aspect="equal")
@@ -77,8 +84,17 @@ z1 = np.linspace(-3.5, 3.5, 2)
 w, b = classifier.coef_[0], classifier.intercept_[0]
 ax.plot(z1, -(w[0] * z1 + b) / w[1], color="k", linewidth=1.5)
 for radius in (1, 2, 3):
-    ax.add_patch(plt.Circle((0, 0), radius, fill=False, linestyle=":", color="k", linewidth=0.8))
-ax.set(xlim=(-3.5, 3.5), ylim=(-3.5, 3.5), aspect="equal", title="the OT-Flow latent")
+    ax.add_patch(
+        plt.Circle(
+            (0, 0), radius, fill=False, linestyle=":", color="k", linewidth=0.8
+        )
+    )
+ax.set(
+    xlim=(-3.5, 3.5),
+    ylim=(-3.5, 3.5),
+    aspect="equal",
+    title="the OT-Flow latent",
+)
 fig.tight_layout()
 
 # %%

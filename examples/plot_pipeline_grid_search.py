@@ -26,14 +26,23 @@ from sklearn_otflow import OTFlowDensity
 
 X, _ = load_wine(return_X_y=True)
 print(f"{X.shape[0]} wines, {X.shape[1]} measurements")
-print("feature scales (standard deviations):", np.array2string(X.std(axis=0), precision=2))
+print(
+    "feature scales (standard deviations):",
+    np.array2string(X.std(axis=0), precision=2),
+)
 
 # %%
 # The scaler does the standardization, so the flow's own is switched off. With so few samples,
 # early stopping would hold out too few of them to be reliable: training runs a fixed number of epochs.
 pipe = make_pipeline(
     StandardScaler(),
-    OTFlowDensity(standardize=False, early_stopping=False, max_epochs=60, n_steps=4, random_state=0),
+    OTFlowDensity(
+        standardize=False,
+        early_stopping=False,
+        max_epochs=60,
+        n_steps=4,
+        random_state=0,
+    ),
 )
 
 # %%
@@ -66,8 +75,21 @@ train_mean = results["mean_train_score"]
 
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.plot(alphas, train_mean, "o--", color="C1", label="training folds")
-ax.errorbar(alphas, test_mean, yerr=test_std, fmt="o-", color="C0", capsize=4, label="held-out folds (± sd)")
-ax.axvline(search.best_params_["otflowdensity__alpha"], color="0.5", linestyle=":", label="chosen α")
+ax.errorbar(
+    alphas,
+    test_mean,
+    yerr=test_std,
+    fmt="o-",
+    color="C0",
+    capsize=4,
+    label="held-out folds (± sd)",
+)
+ax.axvline(
+    search.best_params_["otflowdensity__alpha"],
+    color="0.5",
+    linestyle=":",
+    label="chosen α",
+)
 ax.set(xscale="log", xlabel="α", ylabel="mean log-likelihood per wine")
 ax.set_title("OTFlowDensity in a Pipeline: 3-fold cross-validation")
 ax.legend()
