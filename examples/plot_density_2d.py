@@ -130,10 +130,10 @@ print(f"largest distance to transform(): {distance:.1e}")
 
 # %%
 # Each grey line is one point's path, from a dot (the data point) to a cross (its latent image); the
-# colour is the moon the point came from. The dotted circles are the 1, 2 and 3 standard-deviation
-# contours of the standard normal: a flow that fits the data perfectly spreads the crosses like draws
-# from it, and the held-out score above measures how far this one is from that. The transport cost in
-# the loss keeps the paths short and straight, as optimal transport paths are.
+# colour is the moon the point came from. The dotted circles have radius 1, 2 and 3, in the latent's
+# units: a flow that fits the data perfectly spreads the crosses like draws from the standard normal,
+# and the held-out score above measures how far this one is from that. The transport cost in the loss
+# pushes the paths towards short, straight lines, which is what optimal transport paths are.
 fig, ax = plt.subplots(figsize=(6.5, 6))
 ax.plot(path[:, :, 0], path[:, :, 1], color="0.6", linewidth=0.5, zorder=1)
 colors = np.array(["C0", "C1"])[y_test[shown]]

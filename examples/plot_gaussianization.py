@@ -58,8 +58,8 @@ for name, pipe in pipelines.items():
 # ------------------------------------------
 # Fitted on all the data: the first panels show each pipeline's decision boundary (probability 0.5)
 # and its predicted probability in the data space; the last shows the data in the OT-Flow latent, where
-# the logistic regression draws a straight line. The dotted circles are the 1, 2 and 3
-# standard-deviation contours of the standard normal the flow aims for.
+# the logistic regression draws a straight line. The dotted circles have radius 1, 2 and 3: most
+# draws from the standard normal the flow aims for fall within them.
 for pipe in pipelines.values():
     pipe.fit(X, y)
 

@@ -64,11 +64,12 @@ print(f"best alpha: {search.best_params_['otflowdensity__alpha']:g}")
 # The cross-validated scores
 # --------------------------
 # The scores are log-densities of the *scaled* data: the pipeline does not add the scaler's Jacobian.
-# That is harmless for ranking the candidates, which all see the same scaled folds. The training score
-# is optimistic: the gap between the two curves is how much better the model fits the wines it was
-# trained on than new ones, and the error bars show how much the held-out score varies from fold to
-# fold with so few samples. The search picks the α with the best mean held-out score; beyond the point
-# where that curve flattens, a larger α mostly fits the training folds more closely.
+# That is harmless for ranking the candidates, which all see the same scaled folds. Read the plot as
+# any validation curve: where the held-out score rises with α, the flow is too constrained by the
+# transport cost; where it falls, the flow fits the training folds at the expense of new wines. The
+# gap between the two curves is the optimism of the training score, and the error bars show how much
+# the held-out score varies from fold to fold with so few samples: differences smaller than them are
+# not worth choosing on.
 results = search.cv_results_
 test_mean, test_std = results["mean_test_score"], results["std_test_score"]
 train_mean = results["mean_train_score"]
