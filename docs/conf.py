@@ -1,9 +1,8 @@
 """Sphinx configuration of the sklearn-otflow documentation.
 
-Build from the repository root (the README and ``.ci/run`` use the same command)::
+Build from the repository root (the same command as in the README and ``.ci/run``)::
 
-    pip install -e ".[docs]"
-    sphinx-build -W -b html docs docs/_build/html
+    pip install torch==2.13.0 && pip install -e ".[docs]" && sphinx-build -W -b html docs docs/_build/html
 
 ``-D plot_gallery=0`` skips running the gallery examples, for a quick look at the text.
 """
