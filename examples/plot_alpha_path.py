@@ -1,7 +1,7 @@
 """
-==========================================================
+===========================================================
 The α-path: OT-Flow approaches optimal transport as α grows
-==========================================================
+===========================================================
 
 OT-Flow minimises the transport cost :math:`L` plus :math:`\\alpha` times the negative log-likelihood.
 Li & Jing (2024) prove that as :math:`\\alpha \\to \\infty` this problem Γ-converges to optimal transport.
@@ -18,11 +18,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sklearn_otflow import OTFlowDensity, alpha_path
-from sklearn_otflow.theory import empirical_moments, finite_alpha_optimum, gaussian_w2_squared
+from sklearn_otflow.theory import (
+    empirical_moments,
+    finite_alpha_optimum,
+    gaussian_w2_squared,
+)
 
 rng = np.random.default_rng(0)
 mean, cov = np.array([1.0, -0.5]), np.array([[2.0, 0.6], [0.6, 0.5]])
-X, X_test = rng.multivariate_normal(mean, cov, size=1024), rng.multivariate_normal(mean, cov, size=4096)
+X, X_test = (
+    rng.multivariate_normal(mean, cov, size=1024),
+    rng.multivariate_normal(mean, cov, size=4096),
+)
 
 # %%
 # Fit one configuration over a list of α. ``standardize=False`` keeps the flow in the data's own
@@ -39,7 +46,9 @@ est = OTFlowDensity(
     random_state=0,
 )
 alphas = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
-path = alpha_path(est, X, alphas, X_test=X_test, gaussian_reference=True, n_jobs=2)
+path = alpha_path(
+    est, X, alphas, X_test=X_test, gaussian_reference=True, n_jobs=2
+)
 
 # %%
 # The fitted values beside the closed-form curves.
@@ -49,15 +58,34 @@ curve = [finite_alpha_optimum(m, S, a) for a in grid]
 half_w2 = 0.5 * gaussian_w2_squared(m, S)
 
 fig, (ax_l, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.8))
-ax_l.plot(grid, [c.transport for c in curve], color="k", label="closed form $L_\\alpha$")
+ax_l.plot(
+    grid,
+    [c.transport for c in curve],
+    color="k",
+    label="closed form $L_\\alpha$",
+)
 ax_l.axhline(half_w2, color="k", linestyle=":", label="$W_2^2/2$ (α → ∞)")
 ax_l.plot(path.alpha, path.transport, "o", color="C0", label="OTFlowDensity")
-ax_l.set(xscale="log", xlabel="α", ylabel="transport cost E[L]", title="L rises to $W_2^2/2$")
+ax_l.set(
+    xscale="log",
+    xlabel="α",
+    ylabel="transport cost E[L]",
+    title="L rises to $W_2^2/2$",
+)
 ax_l.legend()
-ax_kl.plot(grid, [c.kl for c in curve], color="k", label="closed form KL$_\\alpha$")
-ax_kl.plot(path.alpha, path.kl, "o", color="C3", label="OTFlowDensity (estimate)")
+ax_kl.plot(
+    grid, [c.kl for c in curve], color="k", label="closed form KL$_\\alpha$"
+)
+ax_kl.plot(
+    path.alpha, path.kl, "o", color="C3", label="OTFlowDensity (estimate)"
+)
 ax_kl.set_yscale("symlog", linthresh=1e-3)
-ax_kl.set(xscale="log", xlabel="α", ylabel="KL(ρ(·,1) ‖ N(0, I))", title="KL falls to 0")
+ax_kl.set(
+    xscale="log",
+    xlabel="α",
+    ylabel="KL(ρ(·,1) ‖ N(0, I))",
+    title="KL falls to 0",
+)
 ax_kl.legend()
 fig.tight_layout()
 
@@ -70,7 +98,9 @@ fig.tight_layout()
 print(" alpha   L_fit   L_alpha   KL_fit    KL_alpha  straightness  map_error")
 for i, a in enumerate(path.alpha):
     print(
-        f"{a:6.1f} {path.transport[i]:7.4f} {path.reference_transport[i]:8.4f} {path.kl[i]:9.2e} "
-        f"{path.reference_kl[i]:9.2e} {path.straightness[i]:12.4f} {path.map_error[i]:9.4f}"
+        f"{a:6.1f} {path.transport[i]:7.4f} "
+        f"{path.reference_transport[i]:8.4f} {path.kl[i]:9.2e} "
+        f"{path.reference_kl[i]:9.2e} {path.straightness[i]:12.4f} "
+        f"{path.map_error[i]:9.4f}"
     )
 plt.show()

@@ -45,8 +45,30 @@ def rk4_step(f: Callable[[float, State], State], t: float, h: float, y: State) -
 def odeint_rk4(f: Callable[[float, State], State], y0: State, t0: float, t1: float, n_steps: int) -> State:
     r"""Integrate :math:`\dot y = f(t, y)` from ``t0`` to ``t1`` (either direction) in ``n_steps`` RK4 steps.
 
-    ``y0`` is a tuple of tensors; returns the tuple at ``t1``. Global error is :math:`O(h^4)`.
+    The classic fourth-order Runge-Kutta method with the fixed step :math:`h = (t_1 - t_0) / n`; the global
+    error is :math:`O(h^4)`.
 
+    Parameters
+    ----------
+    f : callable
+        The right-hand side ``f(t, y)``: a float ``t`` and a tuple of tensors ``y``, returning a tuple of
+        tensors of the same shapes.
+    y0 : tuple of Tensor
+        The state at ``t0``.
+    t0, t1 : float
+        Start and end times; ``t1 < t0`` integrates backwards.
+    n_steps : int
+        Number of steps, at least 1.
+
+    Returns
+    -------
+    y1 : tuple of Tensor
+        The state at ``t1``, shaped like ``y0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_otflow import odeint_rk4
     >>> y = odeint_rk4(lambda t, y: (-y[0],), (torch.ones(3),), 0.0, 1.0, 8)
     >>> y[0].shape
     torch.Size([3])
@@ -94,6 +116,34 @@ def flow(
     :math:`\log|\det\partial z/\partial x|` of that backward map (so the forward log-determinant at
     ``z`` is ``-ell``); ``L`` and ``R``, integrated backwards, are minus those of the forward path.
 
+    Parameters
+    ----------
+    potential : Potential
+        The potential :math:`\Phi`.
+    x : Tensor of shape (n, d)
+        Start points: data (forward) or latent points (inverse).
+    n_steps : int
+        Number of RK4 steps.
+    inverse : bool, default=False
+        Integrate from :math:`t = 1` back to :math:`t = 0`.
+    gemm_dtype : torch.dtype, default=None
+        Precision of the trace's block products (see :meth:`Potential.grad_and_trace`).
+
+    Returns
+    -------
+    z : Tensor of shape (n, d)
+        End points.
+    ell : Tensor of shape (n,)
+        Log-determinant of the map's Jacobian.
+    L : Tensor of shape (n,)
+        Transport cost :math:`\int_0^1 \tfrac12 |\nabla_x\Phi|^2 dt`.
+    R : Tensor of shape (n,)
+        Hamilton-Jacobi-Bellman residual.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_otflow import Potential, flow
     >>> phi = Potential(2, width=8)
     >>> z, ell, L, R = flow(phi, torch.randn(4, 2), n_steps=4)
     >>> z.shape, ell.shape, L.shape, R.shape

@@ -157,11 +157,11 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     ----------
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features seen during fit, when ``X`` has string column names.
-    mean_ : ndarray of shape (n_features_in_,)
+    mean_ : ndarray of shape (`n_features_in_`,)
         Per-feature mean removed before the flow (zeros when ``standardize=False``).
-    scale_ : ndarray of shape (n_features_in_,)
+    scale_ : ndarray of shape (`n_features_in_`,)
         Per-feature scale divided out before the flow (ones when ``standardize=False``).
     net_ : skorch.NeuralNet
         The trained skorch net; ``net_.module_.potential`` is the potential :math:`\Phi`.
@@ -284,6 +284,15 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         -------
         self : OTFlowDensity
             The fitted estimator.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_moons
+        >>> from sklearn_otflow import OTFlowDensity
+        >>> X, _ = make_moons(200, noise=0.05, random_state=0)
+        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est.n_features_in_, est.mean_.shape, est.scale_.shape
+        (2, (2,), (2,))
         """
         previous = dict(vars(self))  # a failed fit leaves a fitted model as it was
         try:
@@ -351,6 +360,15 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         -------
         log_density : ndarray of shape (n_samples,)
             :math:`\\log p(x)`, float64, the standardization's Jacobian included.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_moons
+        >>> from sklearn_otflow import OTFlowDensity
+        >>> X, _ = make_moons(200, noise=0.05, random_state=0)
+        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est.score_samples(X[:5]).shape
+        (5,)
         """
         return self._flow(X, keep=_log_prob_only)[0] - np.log(self.scale_).sum()
 
@@ -367,6 +385,15 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         -------
         log_likelihood : float
             Mean of :meth:`score_samples` over ``X``.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_moons
+        >>> from sklearn_otflow import OTFlowDensity
+        >>> X, _ = make_moons(200, noise=0.05, random_state=0)
+        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> type(est.score(X)).__name__
+        'float'
         """
         return float(np.mean(self.score_samples(X)))
 
@@ -384,6 +411,15 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         -------
         X : ndarray of shape (n_samples, n_features)
             Samples in the caller's units.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_moons
+        >>> from sklearn_otflow import OTFlowDensity
+        >>> X, _ = make_moons(200, noise=0.05, random_state=0)
+        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est.sample(3, random_state=0).shape
+        (3, 2)
         """
         check_is_fitted(self)
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
@@ -401,6 +437,15 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Returns
         -------
         Z : ndarray of shape (n_samples, n_features)
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_moons
+        >>> from sklearn_otflow import OTFlowDensity
+        >>> X, _ = make_moons(200, noise=0.05, random_state=0)
+        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est.transform(X[:4]).shape
+        (4, 2)
         """
         return self._flow(X, keep=_latent_only)[0]
 
@@ -415,6 +460,16 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Returns
         -------
         X_original : ndarray of shape (n_samples, n_features)
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_moons
+        >>> from sklearn_otflow import OTFlowDensity
+        >>> X, _ = make_moons(200, noise=0.05, random_state=0)
+        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> Z = est.transform(X[:4])
+        >>> est.inverse_transform(Z).shape
+        (4, 2)
         """
         check_is_fitted(self)
         Z = check_input(self, X, reset=False)
@@ -434,6 +489,16 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             :math:`\\ell(1) = \\log|\\det \\partial z / \\partial \\tilde x|` with :math:`\\tilde x` the
             standardized input; ``transport_cost`` (n_samples,): :math:`L = \\int_0^1 \\tfrac12|v|^2 dt`;
             ``hjb_residual`` (n_samples,): :math:`R`.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_moons
+        >>> from sklearn_otflow import OTFlowDensity
+        >>> X, _ = make_moons(200, noise=0.05, random_state=0)
+        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> diagnostics = est.flow_diagnostics(X[:4])
+        >>> diagnostics.latent.shape, diagnostics.log_det.shape, diagnostics.transport_cost.shape
+        ((4, 2), (4,), (4,))
         """
         z, ell, L, R = self._flow(X)
         return Bunch(latent=z, log_det=ell, transport_cost=L, hjb_residual=R)

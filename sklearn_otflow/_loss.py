@@ -27,7 +27,27 @@ __all__ = ["Objective", "objective", "weighted_objective", "log_prob", "negative
 
 
 class Objective(NamedTuple):
-    """The batch objective and the means of its three parts (all 0-d tensors)."""
+    """The batch objective and the means of its three parts (all 0-d tensors).
+
+    Attributes
+    ----------
+    loss : Tensor
+        :math:`J`, the mean of :math:`L + \\alpha C + \\alpha_{hjb} R`.
+    transport : Tensor
+        Mean transport cost :math:`L`.
+    nll : Tensor
+        Mean negative log-likelihood :math:`C`.
+    hjb : Tensor
+        Mean Hamilton-Jacobi-Bellman residual :math:`R`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_otflow import Potential, objective
+    >>> out = objective(Potential(2, width=8), torch.randn(16, 2), alpha=10.0, alpha_hjb=1.0, n_steps=4)
+    >>> type(out).__name__, out.transport.shape
+    ('Objective', torch.Size([]))
+    """
 
     loss: Tensor
     transport: Tensor  # mean L
@@ -58,6 +78,33 @@ def objective(
 ) -> Objective:
     r"""OT-Flow's batch objective :math:`J` and its parts.
 
+    :math:`J = \operatorname{mean}(L + \alpha C + \alpha_{hjb} R)` over the batch, from one pass of
+    :func:`flow`; differentiable with respect to the potential's parameters.
+
+    Parameters
+    ----------
+    potential : Potential
+        The potential :math:`\Phi`.
+    x : Tensor of shape (n, d)
+        A batch of (standardized) data.
+    alpha : float
+        Weight :math:`\alpha` of the negative log-likelihood.
+    alpha_hjb : float
+        Weight of the HJB residual.
+    n_steps : int
+        Number of RK4 steps.
+    gemm_dtype : torch.dtype, default=None
+        Precision of the trace's block products (see :meth:`Potential.grad_and_trace`).
+
+    Returns
+    -------
+    objective : Objective
+        ``(loss, transport, nll, hjb)``, 0-d tensors.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_otflow import Potential, objective
     >>> phi = Potential(2, width=8)
     >>> out = objective(phi, torch.randn(16, 2), alpha=10.0, alpha_hjb=1.0, n_steps=4)
     >>> out.loss.shape, out.nll.shape
@@ -69,6 +116,26 @@ def objective(
 def log_prob(potential: Potential, x: Tensor, n_steps: int) -> Tensor:
     r"""Exact :math:`\log p(x) = -\tfrac12\|z(1)\|^2 - \tfrac d2\log 2\pi + \ell(1)`, shape (n,).
 
+    Exact up to the RK4 integration, in the potential's coordinates (no standardization).
+
+    Parameters
+    ----------
+    potential : Potential
+        The potential :math:`\Phi`.
+    x : Tensor of shape (n, d)
+        Points to score.
+    n_steps : int
+        Number of RK4 steps.
+
+    Returns
+    -------
+    log_p : Tensor of shape (n,)
+        The log-density of each point, in nats.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_otflow import Potential, log_prob
     >>> phi = Potential(2, width=8)
     >>> log_prob(phi, torch.randn(5, 2), n_steps=4).shape
     torch.Size([5])

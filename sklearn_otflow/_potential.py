@@ -218,7 +218,15 @@ class Potential(nn.Module):
         return torch.cat([x, t], dim=1)
 
     def forward(self, x: Tensor, t: float | Tensor) -> Tensor:
-        r"""The value :math:`\Phi(x, t)`, shape (n,). ``x`` is (n, d); ``t`` a scalar or (n, 1)."""
+        r"""The value :math:`\Phi(x, t)`, shape (n,). ``x`` is (n, d); ``t`` a scalar or (n, 1).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from sklearn_otflow import Potential
+        >>> Potential(2, width=8)(torch.randn(5, 2), 0.5).shape
+        torch.Size([5])
+        """
         s = self._s(x, t)
         u = log_cosh(self.opening(s))
         for layer in self.layers:
@@ -252,6 +260,14 @@ class Potential(nn.Module):
             :math:`\nabla_s\Phi`; the last column is :math:`\partial_t\Phi`.
         trace : Tensor of shape (n,)
             :math:`\operatorname{tr}\nabla_x^2\Phi`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from sklearn_otflow import Potential
+        >>> grad, trace = Potential(3, width=8).grad_and_trace(torch.randn(5, 3), 0.5)
+        >>> grad.shape, trace.shape
+        (torch.Size([5, 4]), torch.Size([5]))
         """
         d, h, n = self.n_features, self.h, x.shape[0]
         # samples last throughout: every activation is (m, n), s is (d + 1, n)

@@ -81,6 +81,12 @@ class FiniteAlphaOptimum(NamedTuple):
         :math:`\mathrm{KL}_\alpha = \mathrm{KL}(N(m_\alpha, S_\alpha)\,\|\,N(0, I))`.
     objective : float
         :math:`J_\alpha = L_\alpha + \alpha\,\mathrm{KL}_\alpha`.
+
+    Examples
+    --------
+    >>> opt = finite_alpha_optimum(np.zeros(2), np.eye(2), alpha=1.0)
+    >>> type(opt).__name__, opt.mean.shape, opt.cov.shape, opt.map.matrix.shape
+    ('FiniteAlphaOptimum', (2,), (2, 2), (2, 2))
     """
 
     mean: NDArray[np.float64]
