@@ -15,7 +15,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-# project: (name in the header, version in the header, {role: [(name, address relative to the docs root)]})
+# project: (name in the header, version in the header, {role: [(name, address relative to the docs root)]});
+# an entry may end with its display text (labels), else the name is shown.
 # "{0}" in an address stands for the name.
 SKLEARN = "modules/generated/{0}.html#{0}"
 NUMPY = "reference/generated/{0}.html#{0}"
@@ -69,6 +70,10 @@ PROJECTS = {
                 ("sklearn.pipeline.make_pipeline", SKLEARN),
                 ("sklearn.utils.check_random_state", SKLEARN),
             ],
+            # referred to by the set_partial_fit_request method that scikit-learn's metadata routing
+            # generates (partial_fit takes mean= and scale=)
+            "std:term": [("meta-estimator", "glossary.html#term-meta-estimator")],
+            "std:label": [("metadata_routing", "metadata_routing.html#metadata-routing", "Metadata Routing")],
         },
     ),
     "torch": (
@@ -114,9 +119,9 @@ def inventory(project: str, version: str, entries: dict[str, list[tuple[str, str
     """The bytes of one inventory: a four-line header, then ``name role priority address label`` lines,
     zlib-compressed (the label ``-`` means the name itself)."""
     lines = [
-        f"{name} {role} 1 {address.format(name)} -\n"
+        f"{name} {role} 1 {address.format(name)} {label[0] if label else '-'}\n"
         for role, names in sorted(entries.items())
-        for name, address in sorted(names)
+        for name, address, *label in sorted(names)
     ]
     header = (
         "# Sphinx inventory version 2\n"
