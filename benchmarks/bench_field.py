@@ -226,7 +226,7 @@ def markdown_table(records: Sequence[dict]) -> str:
                 r["method"],
                 _pm(r["mean_log_likelihood"], r["standard_error"]),
                 _pm(r["gap"], r["gap_standard_error"]),
-                f"{r['fit_seconds']:.1f}",
+                f"{r['fit_seconds']:.2f}" if r["fit_seconds"] < 10 else f"{r['fit_seconds']:.0f}",
                 f"{r['score_rows_per_second']:,.0f}",
                 f"{r['sample_rows_per_second']:,.0f}",
                 r["details"] + ("" if r["samples_finite"] else "; non-finite samples"),
