@@ -52,6 +52,7 @@ peers finish first; ``--out`` is rewritten after every fit, so an interrupted ru
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import datetime
 import inspect
@@ -64,6 +65,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +90,25 @@ def mean_log_likelihood(estimator, X, y=None) -> float:
     return float(np.mean(estimator.score_samples(X)))
 
 
-def build(method: str, X_train: np.ndarray, seed: int, quick: bool, zuko_seconds: float):
+@dataclass(frozen=True)
+class Settings:
+    """What every fit of a run shares (from the command line)."""
+
+    seed: int = 0
+    quick: bool = False
+    zuko_seconds: float = 300.0
+    otflow_params: dict = field(default_factory=dict)  # overrides of OTFlowDensity's defaults
+
+
+def label(method: str, settings: Settings) -> str:
+    """The method's name in the results, with the OTFlowDensity overrides if any."""
+    overrides = ", ".join(f"{k}={v}" for k, v in settings.otflow_params.items())
+    return f"{method} [{overrides}]" if overrides and method.startswith("otflow") else method
+
+
+def build(method: str, X_train: np.ndarray, settings: Settings):
     """The unfitted estimator (or grid search) of ``method`` for these training rows."""
-    d = X_train.shape[1]
+    d, seed, quick = X_train.shape[1], settings.seed, settings.quick
     folds = 2 if quick else 5
     if method == "kde":
         scale = float(np.median(X_train.std(0)))
@@ -105,8 +123,8 @@ def build(method: str, X_train: np.ndarray, seed: int, quick: bool, zuko_seconds
         from _zuko_density import ZukoDensity
 
         epochs = {"max_epochs": 2} if quick else {}
-        return ZukoDensity(method, random_state=seed, max_seconds=zuko_seconds, **epochs)
-    otflow = OTFlowDensity(random_state=seed)
+        return ZukoDensity(method, random_state=seed, max_seconds=settings.zuko_seconds, **epochs)
+    otflow = OTFlowDensity(random_state=seed).set_params(**settings.otflow_params)
     if quick:
         otflow.set_params(max_epochs=2)
     if method == "otflow":
@@ -126,7 +144,10 @@ def describe(estimator) -> str:
         return f"{chosen} ({inner})" if inner else chosen
     if isinstance(estimator, OTFlowDensity):
         stopped = "early stop" if estimator.n_iter_ < estimator.max_epochs else "all epochs"
-        return f"{estimator.n_iter_} epochs, {stopped}, integration error {estimator.integration_error_:.3g}"
+        text = f"{estimator.n_iter_} epochs, {stopped}"
+        if estimator.early_stopping:
+            text += f", best epoch {int(np.argmin(estimator.history_[:, 'valid_nll'])) + 1}"
+        return text + f", integration error {estimator.integration_error_:.3g}"
     if hasattr(estimator, "stopped_by_"):
         return f"{estimator.n_iter_} epochs, stopped by {estimator.stopped_by_}"
     return ""
@@ -143,10 +164,11 @@ def standard_error(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
-def run_one(dataset, method: str, seed: int, quick: bool, zuko_seconds: float) -> dict:
+def run_one(dataset, method: str, settings: Settings) -> dict:
     """Fit ``method`` on the 80 % split of ``dataset``, score the 20 %, time it all."""
+    seed = settings.seed
     X_train, X_test = train_test_split(dataset.X, test_size=0.2, random_state=seed)
-    estimator = build(method, X_train, seed, quick, zuko_seconds)
+    estimator = build(method, X_train, settings)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -161,7 +183,7 @@ def run_one(dataset, method: str, seed: int, quick: bool, zuko_seconds: float) -
     sample_seconds = time.perf_counter() - start
     record = {
         "dataset": dataset.name,
-        "method": method,
+        "method": label(method, settings),
         "n_train": len(X_train),
         "n_test": len(X_test),
         "d": X_train.shape[1],
@@ -221,7 +243,8 @@ def markdown_table(records: Sequence[dict]) -> str:
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---|"]
     order = {name: i for i, name in enumerate(METHODS)}
     for name in DATASETS:
-        rows = sorted((r for r in records if r["dataset"] == name), key=lambda r: order.get(r["method"], 99))
+        rows = [r for r in records if r["dataset"] == name]
+        rows.sort(key=lambda r: order.get(r["method"].split(" ")[0], len(order)))
         if not rows:
             continue
         truth = next((r for r in rows if r["true_mean_log_likelihood"] is not None), None)
@@ -293,6 +316,15 @@ def header(argv: Sequence[str], threads: int) -> str:
     )
 
 
+def parse_value(item: str) -> tuple[str, object]:
+    """``"name=value"`` -> ``(name, value)``, the value read as a Python literal where it is one."""
+    name, _, text = item.partition("=")
+    try:
+        return name, ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return name, text
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
@@ -301,6 +333,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads, default 1")
     parser.add_argument("--seed", type=int, default=0, help="data, split and model seed, default 0")
     parser.add_argument("--zuko-seconds", type=float, default=300.0, help="training budget of each zuko flow")
+    parser.add_argument(
+        "--otflow-params",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override OTFlowDensity's defaults in otflow and otflow-alpha, e.g. max_epochs=300 alpha=1000",
+    )
     parser.add_argument("--out", type=Path, help="write results: .json, .csv, or markdown (any other suffix)")
     parser.add_argument("--from-json", nargs="+", type=Path, help="only merge saved .json runs into a table")
     return parser.parse_args(argv)
@@ -317,6 +356,8 @@ def main(argv: Sequence[str]) -> None:
             write(records, args.out, "\n\n".join(run["header"] for run in runs))
         return
     torch.set_num_threads(args.threads)
+    overrides = dict(parse_value(item) for item in args.otflow_params)
+    settings = Settings(args.seed, args.quick, args.zuko_seconds, overrides)
     head = header([sys.argv[0], *argv], args.threads)
     print(head, flush=True)
     n = QUICK_SAMPLES if args.quick else N_SAMPLES
@@ -332,7 +373,7 @@ def main(argv: Sequence[str]) -> None:
             for name, data in datasets.items():
                 print(f"{name}, {method}: fitting ...", flush=True)
                 try:
-                    record = run_one(data, method, args.seed, args.quick, args.zuko_seconds)
+                    record = run_one(data, method, settings)
                 except Exception as exc:  # one failure must not lose the other measurements
                     print(f"{name}, {method}: FAILED: {type(exc).__name__}: {exc}", flush=True)
                     continue
