@@ -25,8 +25,9 @@ Methods (``--methods``):
 ``maf``, ``nsf``, ``cnf``
     zuko's flows (``benchmarks/_zuko_density.py``: standardized inputs, Adam 1e-3, batches of 256,
     early stopping on 10 % of the training rows with patience 20, at most 300 epochs and
-    ``--zuko-seconds`` of training). MAF and NSF: 5 transformations with hidden layers (128, 128); CNF:
-    zuko's defaults (hidden layers (64, 64), exact divergence, atol 1e-6, rtol 1e-5).
+    ``--zuko-seconds`` of CPU time for training, 300 by default). MAF and NSF: 5 transformations with
+    hidden layers (128, 128); CNF: zuko's defaults (hidden layers (64, 64), exact divergence, atol 1e-6,
+    rtol 1e-5).
 ``otflow``
     ``OTFlowDensity(random_state=seed)``: the package's defaults, whatever they are at the time of the run
     (they are printed in the header).
@@ -332,7 +333,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test budget; figures mean nothing")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads, default 1")
     parser.add_argument("--seed", type=int, default=0, help="data, split and model seed, default 0")
-    parser.add_argument("--zuko-seconds", type=float, default=300.0, help="training budget of each zuko flow")
+    parser.add_argument("--zuko-seconds", type=float, default=300.0, help="CPU s of training per zuko flow")
     parser.add_argument(
         "--otflow-params",
         nargs="+",
