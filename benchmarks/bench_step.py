@@ -19,17 +19,35 @@ it measures these variants, each in its own subprocess (peak RSS is per process)
     right-hand side evaluation); slow at ``d=43``, so it runs fewer iterations there;
 ``reference``
     ``../shared/tools/ref_otflow_step.py`` (relative to the repository root), a re-implementation of the
-    original OT-Flow training step, with the same ``D M NT BATCH ITERS``.
+    original OT-Flow training step, with the same ``D M NT BATCH ITERS``;
+``exact float64``
+    ``exact float32`` with the potential and the data in float64;
+``exact float32, all threads``
+    ``exact float32`` with ``torch.set_num_threads(os.cpu_count())``.
 
 Each subprocess prints the median seconds per iteration (the first, warm-up iteration discarded) and the
 peak RSS in MB (``resource.getrusage(...).ru_maxrss``); this script prints a markdown table of them with
 the ratios to the reference and to the autograd-trace variant.
+
+A second table gives the evaluation throughput of the same potential (seeded initialisation; fixed-step
+RK4 costs the same whatever the weights): rows per second of
+
+``score_samples``
+    :func:`sklearn_otflow._loss.log_prob` with ``2 * nt`` RK4 steps (``OTFlowDensity``'s default
+    ``n_steps_eval``) under ``torch.no_grad()``, in batches of ``max(256, 2**19 // m)`` rows as
+    ``OTFlowDensity`` evaluates;
+``sample``
+    the inverse flow of standard normal latents, the same steps and batches,
+
+in float32 and float64 (``OTFlowDensity`` evaluates in float64), on 1 thread and on all of them, each
+in its own subprocess, over ``--eval-rows`` rows after one warm-up batch.
 
 Run from the repository root::
 
     python benchmarks/bench_step.py                      # everything
     python benchmarks/bench_step.py --cases d2 --iters 10
     python benchmarks/bench_step.py --skip-slow-autograd # no autograd trace at d=43
+    python benchmarks/bench_step.py --variants exact --skip-eval
 """
 
 from __future__ import annotations
@@ -54,9 +72,18 @@ from torch import Tensor
 ALPHA, ALPHA_HJB, LEARNING_RATE, SEED = 100.0, 15.0, 0.01, 0
 
 EXACT, BF16, AUTOGRAD, REFERENCE = "exact float32", "bf16 blocks", "autograd trace", "reference"
-VARIANTS = (EXACT, BF16, AUTOGRAD, REFERENCE)
+EXACT64, EXACT_ALL_THREADS = "exact float64", "exact float32, all threads"
+VARIANTS = (EXACT, BF16, AUTOGRAD, REFERENCE, EXACT64, EXACT_ALL_THREADS)
 # command-line spelling of each variant (no spaces, so the worker's arguments stay simple)
-VARIANT_KEYS = {"exact": EXACT, "bf16": BF16, "autograd": AUTOGRAD, "reference": REFERENCE}
+VARIANT_KEYS = {
+    "exact": EXACT,
+    "bf16": BF16,
+    "autograd": AUTOGRAD,
+    "reference": REFERENCE,
+    "exact64": EXACT64,
+    "exact-threads": EXACT_ALL_THREADS,
+}
+EVAL_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -69,15 +96,29 @@ class Case:
     nt: int
     batch: int
     slow_autograd: bool  # the autograd-trace variant runs ``--slow-iters`` iterations
+    eval_rows: int  # rows scored and sampled by the throughput measurements (default of --eval-rows)
 
     def label(self) -> str:
         return f"d={self.d}, m={self.m}, nt={self.nt}, n={self.batch}"
 
 
 CASES = (
-    Case("d2", d=2, m=32, nt=8, batch=512, slow_autograd=False),
-    Case("d43", d=43, m=256, nt=6, batch=512, slow_autograd=True),
+    Case("d2", d=2, m=32, nt=8, batch=512, slow_autograd=False, eval_rows=65536),
+    Case("d43", d=43, m=256, nt=6, batch=512, slow_autograd=True, eval_rows=4096),
 )
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One throughput measurement: rows per second of scoring and of sampling, and the peak RSS (MB)."""
+
+    case: Case
+    dtype: str
+    threads: int
+    score_rows_per_s: float | None = None
+    sample_rows_per_s: float | None = None
+    peak_mb: float | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,12 +185,13 @@ def run_worker(variant: str, d: int, m: int, nt: int, batch: int, iters: int) ->
     """Time ``iters`` + 1 training iterations here; ``"median_seconds peak_rss_mb first_loss"``."""
     from sklearn_otflow._potential import Potential
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(os.cpu_count() if variant == EXACT_ALL_THREADS else 1)
+    dtype = torch.float64 if variant == EXACT64 else torch.float32
     torch.manual_seed(SEED)
-    potential = Potential(d, width=m)
+    potential = Potential(d, width=m).to(dtype)
     optimizer = torch.optim.Adam(potential.parameters(), lr=LEARNING_RATE)
     loss_fn = make_loss_fn(variant, potential, nt)
-    x = torch.randn(batch, d)
+    x = torch.randn(batch, d).to(dtype)
     times, first_loss = [], float("nan")
     for i in range(iters + 1):
         start = time.perf_counter()
@@ -162,6 +204,32 @@ def run_worker(variant: str, d: int, m: int, nt: int, batch: int, iters: int) ->
             first_loss = loss.item()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return f"{statistics.median(times[1:]):.4f} {peak_mb:.0f} {first_loss:.6g}"
+
+
+def run_eval_worker(dtype: str, threads: int, d: int, m: int, nt: int, rows: int) -> str:
+    """Rows per second of scoring and of sampling here; ``"score_rows_per_s sample_rows_per_s peak_mb"``."""
+    from sklearn_otflow._dynamics import flow
+    from sklearn_otflow._loss import log_prob
+    from sklearn_otflow._potential import Potential
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+    potential = Potential(d, width=m).to(EVAL_DTYPES[dtype])
+    n_steps, batch = 2 * nt, max(256, 2**19 // m)  # OTFlowDensity's evaluation steps and batch rows
+    x = torch.randn(rows, d, dtype=EVAL_DTYPES[dtype])
+
+    def throughput(evaluate: Callable[[Tensor], Tensor]) -> float:
+        evaluate(x[:batch])  # warm-up
+        start = time.perf_counter()
+        for chunk in x.split(batch):
+            evaluate(chunk)
+        return rows / (time.perf_counter() - start)
+
+    with torch.no_grad():
+        score = throughput(lambda chunk: log_prob(potential, chunk, n_steps))
+        sample = throughput(lambda chunk: flow(potential, chunk, n_steps, inverse=True)[0])
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return f"{score:.1f} {sample:.1f} {peak_mb:.0f}"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -210,6 +278,23 @@ def measure(case: Case, variant: str, iters: int, timeout: float) -> Result:
     fields = proc.stdout.strip().splitlines()[-1].split()
     first_loss = float(fields[2]) if len(fields) > 2 else None
     return Result(case, variant, float(fields[0]), float(fields[1]), first_loss)
+
+
+def measure_eval(case: Case, dtype: str, threads: int, rows: int, timeout: float) -> EvalResult:
+    """One throughput measurement in a fresh subprocess."""
+    sizes = [str(v) for v in (threads, case.d, case.m, case.nt, rows)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--eval-worker", dtype, *sizes]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=repo_root()
+        )
+    except subprocess.TimeoutExpired:
+        return EvalResult(case, dtype, threads, note=f"timed out after {timeout:.0f} s")
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return EvalResult(case, dtype, threads, note=f"failed (exit {proc.returncode}): {last}")
+    score, sample, peak = map(float, proc.stdout.strip().splitlines()[-1].split())
+    return EvalResult(case, dtype, threads, score, sample, peak)
 
 
 def skip_reason(case: Case, variant: str, args: argparse.Namespace) -> str | None:
@@ -272,6 +357,26 @@ def table(results: Sequence[Result], baselines: dict[str, float | None]) -> str:
     return "\n".join(lines)
 
 
+def eval_table(results: Sequence[EvalResult]) -> str:
+    """The throughput table; the speed-up is over the same case and dtype on 1 thread."""
+    lines = [
+        "| config | dtype | threads | score_samples rows/s | sample rows/s | speed-up over 1 thread "
+        "(score, sample) | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        one = next((o for o in results if (o.case, o.dtype, o.threads) == (r.case, r.dtype, 1)), None)
+        speed_up = "-"
+        if one is not None:
+            speed_up = f"{ratio(r.score_rows_per_s, one.score_rows_per_s)}, "
+            speed_up += ratio(r.sample_rows_per_s, one.sample_rows_per_s)
+        score = fmt(r.score_rows_per_s, ",.0f") if r.score_rows_per_s is not None else r.note
+        cells = [r.case.label(), r.dtype, str(r.threads), score, fmt(r.sample_rows_per_s, ",.0f")]
+        cells += [speed_up, fmt(r.peak_mb, ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -289,7 +394,8 @@ def header(argv: Sequence[str]) -> str:
             f"- command: `python {shlex.join(argv)}`",
             f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.platform()}",
             f"- bfloat16 fast path (AVX-512 BF16 or AMX): {'yes' if bf16_supported() else 'no'}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, 1 thread, float32",
+            f"- torch {torch.__version__}, Python {platform.python_version()}; training: 1 thread, float32 "
+            "unless the variant says otherwise",
             f"- date: {now}",
             "- load average (1, 5, 15 min) at start: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg()),
         ]
@@ -299,6 +405,11 @@ def header(argv: Sequence[str]) -> str:
 def progress(r: Result, iters: int) -> str:
     shown = r.note or f"{r.seconds:.3f} s/iter, {r.peak_mb:.0f} MB, first loss {fmt(r.first_loss, '.6g')}"
     return f"{r.case.label()}, {r.variant}: {shown} ({iters} timed iterations)"
+
+
+def eval_progress(r: EvalResult) -> str:
+    shown = r.note or f"score {r.score_rows_per_s:,.0f} rows/s, sample {r.sample_rows_per_s:,.0f} rows/s"
+    return f"{r.case.label()}, {r.dtype}, {r.threads} thread(s): {shown}"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -314,7 +425,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--skip-slow-autograd", action="store_true", help="no autograd trace at d=43")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per subprocess, default 3600")
+    parser.add_argument("--skip-eval", action="store_true", help="no score_samples / sample throughput")
+    parser.add_argument(
+        "--eval-rows", type=int, help="rows scored and sampled (default: 65536 at d=2, 4096 at d=43)"
+    )
     parser.add_argument("--worker", nargs=6, metavar="X", help=argparse.SUPPRESS)
+    parser.add_argument("--eval-worker", nargs=6, metavar="X", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -323,6 +439,10 @@ def main(argv: Sequence[str]) -> None:
     if args.worker:
         key, *sizes = args.worker
         print(run_worker(VARIANT_KEYS[key], *map(int, sizes)))
+        return
+    if args.eval_worker:
+        dtype, *sizes = args.eval_worker
+        print(run_eval_worker(dtype, *map(int, sizes)))
         return
     print(header([sys.argv[0], *argv]) + "\n", flush=True)
     results = []
@@ -345,6 +465,17 @@ def main(argv: Sequence[str]) -> None:
     losses = [f"{r.case.name} {r.variant}: {r.first_loss:.6g}" for r in results if r.first_loss is not None]
     if losses:
         print("first-iteration loss (same seed and initialisation):", "; ".join(losses))
+    if args.skip_eval:
+        return
+    evals = []
+    for case in (c for c in CASES if c.name in args.cases):
+        for dtype in EVAL_DTYPES:
+            for threads in sorted({1, os.cpu_count() or 1}):
+                r = measure_eval(case, dtype, threads, args.eval_rows or case.eval_rows, args.timeout)
+                evals.append(r)
+                print(eval_progress(r), flush=True)
+    print("\n" + eval_table(evals))
+    print("load average (1, 5, 15 min) at end: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
