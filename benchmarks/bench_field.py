@@ -61,7 +61,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 import warnings
@@ -73,6 +72,7 @@ import numpy as np
 import sklearn
 import torch
 from _datasets import GENERATORS, load  # this directory is on sys.path when run as a script
+from bench_step import cpu_model
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV, ShuffleSplit, train_test_split
 from sklearn.neighbors import KernelDensity
@@ -278,14 +278,6 @@ def write(records: Sequence[dict], path: Path, header: str) -> None:
             writer.writerows({**r, "warnings": " | ".join(r["warnings"])} for r in records)
     else:
         path.write_text(header + "\n\n" + markdown_table(records) + "\n")
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line)
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def versions() -> str:

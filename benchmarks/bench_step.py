@@ -258,6 +258,20 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def run_child(cmd: list[str], timeout: float) -> tuple[list[str], str]:
+    """Run ``cmd`` in a fresh process: the fields of its last line of output, or ``[]`` and why not."""
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=repo_root()
+        )
+    except subprocess.TimeoutExpired:
+        return [], f"timed out after {timeout:.0f} s"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return [], f"failed (exit {proc.returncode}): {last}"
+    return proc.stdout.strip().splitlines()[-1].split(), ""
+
+
 def measure(case: Case, variant: str, iters: int, timeout: float) -> Result:
     """Run one measurement in a fresh subprocess and parse its one line of output."""
     sizes = [str(v) for v in (case.d, case.m, case.nt, case.batch, iters)]
@@ -266,16 +280,9 @@ def measure(case: Case, variant: str, iters: int, timeout: float) -> Result:
     else:
         key = next(k for k, v in VARIANT_KEYS.items() if v == variant)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", key, *sizes]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=repo_root()
-        )
-    except subprocess.TimeoutExpired:
-        return Result(case, variant, note=f"timed out after {timeout:.0f} s")
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return Result(case, variant, note=f"failed (exit {proc.returncode}): {last}")
-    fields = proc.stdout.strip().splitlines()[-1].split()
+    fields, note = run_child(cmd, timeout)
+    if not fields:
+        return Result(case, variant, note=note)
     first_loss = float(fields[2]) if len(fields) > 2 else None
     return Result(case, variant, float(fields[0]), float(fields[1]), first_loss)
 
@@ -284,16 +291,10 @@ def measure_eval(case: Case, dtype: str, threads: int, rows: int, timeout: float
     """One throughput measurement in a fresh subprocess."""
     sizes = [str(v) for v in (threads, case.d, case.m, case.nt, rows)]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--eval-worker", dtype, *sizes]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=repo_root()
-        )
-    except subprocess.TimeoutExpired:
-        return EvalResult(case, dtype, threads, note=f"timed out after {timeout:.0f} s")
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return EvalResult(case, dtype, threads, note=f"failed (exit {proc.returncode}): {last}")
-    score, sample, peak = map(float, proc.stdout.strip().splitlines()[-1].split())
+    fields, note = run_child(cmd, timeout)
+    if not fields:
+        return EvalResult(case, dtype, threads, note=note)
+    score, sample, peak = map(float, fields)
     return EvalResult(case, dtype, threads, score, sample, peak)
 
 
