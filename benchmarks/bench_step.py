@@ -34,7 +34,7 @@ RK4 costs the same whatever the weights): rows per second of
 
 ``score_samples``
     :func:`sklearn_otflow._loss.log_prob` with ``2 * nt`` RK4 steps (``OTFlowDensity``'s default
-    ``n_steps_eval``) under ``torch.no_grad()``, in batches of ``max(256, 2**19 // m)`` rows as
+    ``n_steps_eval``) under ``torch.no_grad()``, in batches of ``max(256, 2**17 // m)`` rows as
     ``OTFlowDensity`` evaluates;
 ``sample``
     the inverse flow of standard normal latents, the same steps and batches,
@@ -215,7 +215,7 @@ def run_eval_worker(dtype: str, threads: int, d: int, m: int, nt: int, rows: int
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
     potential = Potential(d, width=m).to(EVAL_DTYPES[dtype])
-    n_steps, batch = 2 * nt, max(256, 2**19 // m)  # OTFlowDensity's evaluation steps and batch rows
+    n_steps, batch = 2 * nt, max(256, 2**17 // m)  # OTFlowDensity's evaluation steps and batch rows
     x = torch.randn(rows, d, dtype=EVAL_DTYPES[dtype])
 
     def throughput(evaluate: Callable[[Tensor], Tensor]) -> float:

@@ -70,14 +70,18 @@ def _sq_norms(P: Tensor, dtype: torch.dtype) -> Tensor:
     return P.to(dtype).square_().sum(1)
 
 
-def _chunks(n: int, m: int, d: int) -> list[slice]:
-    """Sample slices small enough that one (m, d, chunk) block has at most ``_BLOCK`` entries."""
-    step = max(1, _BLOCK // (m * d))
+def _chunks(n: int, m: int, d: int, block: int | None = None) -> list[slice]:
+    """Sample slices small enough that one (m, d, chunk) block has at most ``block`` entries."""
+    step = max(1, (block or _BLOCK) // (m * d))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 # Entries of one (m, d, chunk) block: cache-sized transients keep the allocator from fragmenting the heap.
 _BLOCK = 1 << 20
+# Without autograd (evaluation), blocks of 1 MiB stay in the L2 cache: measured 1.8 times the rows per
+# second of _BLOCK in float64 at d=10, m=32 (benchmarks/bench_memory.py). Training keeps _BLOCK, whose
+# chunks also serve the backward pass.
+_EVAL_BLOCK_BYTES = 1 << 20
 
 
 class _LogCoshTanh(torch.autograd.Function):
@@ -114,11 +118,13 @@ class _Trace(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: float, gemm_dtype: torch.dtype, g0: Tensor, z1: Tensor, B: Tensor, *layers: Tensor):
+    def forward(
+        ctx, h: float, gemm_dtype: torch.dtype, block: int, g0: Tensor, z1: Tensor, B: Tensor, *layers: Tensor
+    ):
         M = len(layers) // 3
         Ks, ss, zs = list(layers[:M]), layers[M : 2 * M], layers[2 * M :]
         sqs = [g0.new_empty(g0.shape) for _ in range(M)]
-        for sl in _chunks(g0.shape[1], *B.shape):
+        for sl in _chunks(g0.shape[1], *B.shape, block):
             _, Ps = _jacobian_chain(h, g0[:, sl], B, Ks, [s[:, sl] for s in ss], gemm_dtype)
             for sq, P in zip(sqs, Ps):
                 sq[:, sl] = _sq_norms(P, g0.dtype)
@@ -167,7 +173,7 @@ class _Trace(torch.autograd.Function):
             grad_B += torch.bmm(gJ, g0[:, sl].to(gd).unsqueeze(2)).squeeze(2)
 
         grads = (grad_g0, grad_z1, grad_B, *grad_K, *grad_s, *grad_z)
-        return (None, None, *(g if ok else None for g, ok in zip(grads, ctx.needs_input_grad[2:])))
+        return (None, None, None, *(g if ok else None for g, ok in zip(grads, ctx.needs_input_grad[3:])))
 
 
 class Potential(nn.Module):
@@ -293,7 +299,9 @@ class Potential(nn.Module):
         AtA = self.A.t() @ self.A
         grad = torch.addmm(self.b.unsqueeze(1), AtA, s) + K0.t() @ (g0 * zs[0])
         Ks = [layer.weight for layer in self.layers]
-        trace = _Trace.apply(h, gemm_dtype or x.dtype, g0, zs[0], K0[:, :d], *Ks, *pre, *zs[1:])
+        gemm_dtype = gemm_dtype or x.dtype
+        block = _BLOCK if torch.is_grad_enabled() else _EVAL_BLOCK_BYTES // gemm_dtype.itemsize
+        trace = _Trace.apply(h, gemm_dtype, block, g0, zs[0], K0[:, :d], *Ks, *pre, *zs[1:])
         trace = trace + torch.diagonal(AtA)[:d].sum()
         return grad.t(), trace
 

@@ -73,6 +73,19 @@ def test_parameter_gradients_through_the_trace_equal_autograd(n_layers, block, m
         assert rel_err(a, b) < 1e-10
 
 
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_evaluation_chunks_give_the_training_trace(n_layers, monkeypatch):
+    """Without autograd the trace runs over smaller (cache-sized) chunks of samples: same values."""
+    phi = random_potential(3, 6, n_layers, 4, seed=n_layers)
+    x = torch.randn(50, 3, dtype=F64)
+    grad, trace = phi.grad_and_trace(x, 0.4)
+    monkeypatch.setattr(_potential, "_EVAL_BLOCK_BYTES", 8 * 3 * 6 * 7)  # chunks of 7 samples
+    with torch.no_grad():
+        grad_eval, trace_eval = phi.grad_and_trace(x, 0.4)
+    assert torch.equal(grad, grad_eval)
+    assert rel_err(trace_eval, trace) < 1e-14
+
+
 def test_trace_backward_passes_gradcheck():
     phi = random_potential(2, 5, 2, 3, seed=3)
     x = torch.randn(4, 2, dtype=F64, requires_grad=True)

@@ -11,6 +11,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 import sklearn_otflow._estimator as estimator_module
 from sklearn_otflow import OTFlowDensity
+from sklearn_otflow._estimator import _eval_rows
 
 SMALL = dict(hidden_width=16, n_steps=4, batch_size=128, learning_rate=0.01, alpha=50.0, random_state=0)
 MEAN, COV = np.array([3.0, -1.0]), np.array([[4.0, 1.2], [1.2, 1.0]])
@@ -113,7 +114,7 @@ def test_evaluation_memory_is_bounded_by_a_batch(streamed, method, monkeypatch):
     working memory is one batch's, and the spy checks that no call flows more rows than one batch.
     """
     rows = _rows_per_flow_call(monkeypatch)
-    batch = max(256, 2**19 // streamed.hidden_width)
+    batch = _eval_rows(streamed.hidden_width)
     for n in (3 * batch // 2, 3 * batch):
         X = np.random.default_rng(0).normal(size=(n, 2))
         tracemalloc.start()
@@ -137,7 +138,7 @@ def test_concurrent_evaluations_share_the_threads(streamed, monkeypatch):
 
     monkeypatch.setattr(estimator_module, "flow", spy)
     total = torch.get_num_threads()
-    batch = max(256, 2**19 // streamed.hidden_width)
+    batch = _eval_rows(streamed.hidden_width)
     X = np.zeros((2 * batch, 2))
     threads = [threading.Thread(target=streamed.score_samples, args=(X,)) for _ in range(2)]
     for thread in threads:
