@@ -294,13 +294,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         >>> est.n_features_in_, est.mean_.shape, est.scale_.shape
         (2, (2,), (2,))
         """
-        previous = dict(vars(self))  # a failed fit leaves a fitted model as it was
-        try:
+        with _kept_on_failure(self):
             return self._fit(X)
-        except BaseException:
-            vars(self).clear()
-            vars(self).update(previous)
-            raise
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None, *, mean=None, scale=None):
@@ -341,13 +336,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         >>> est.n_iter_, est.score_samples(chunks[0][:5]).shape
         (3, (5,))
         """
-        previous = dict(vars(self))  # a failed call leaves a fitted model as it was
-        try:
+        with _kept_on_failure(self):
             return self._partial_fit(X, mean, scale)
-        except BaseException:
-            vars(self).clear()
-            vars(self).update(previous)
-            raise
 
     def score_samples(self, X):
         """Log-density of each sample, in the caller's units.
@@ -511,7 +501,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if not warm:
             self.mean_, self.scale_ = standardization(X, self.standardize)
         seed = self._seed()
-        return self._train(self.net_ if warm else self._build_net(seed), X, seed, initialize=not warm)
+        net = copy.deepcopy(self.net_) if warm else self._build_net(seed)  # see _kept_on_failure
+        return self._train(net, X, seed, initialize=not warm)
 
     def _partial_fit(self, X, mean, scale):
         first = not hasattr(self, "net_")
@@ -526,20 +517,14 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             self.mean_, self.scale_ = _given_standardization(X, mean, scale, self.standardize)
             net = self._build_net(seed, streaming=True)
         else:
-            net = self.net_
+            net = copy.deepcopy(self.net_)  # see _kept_on_failure
             # a model from fit() continues without its validation split, early stopping and schedule,
             # at the learning rate its schedule had annealed
             names = dict(net.callbacks_)
             off = {f"callbacks__{name}": None for name in ("early_stopping", "lr_schedule") if name in names}
             if off or net.train_split is not None:
                 net.set_params(train_split=None, lr=self.learning_rate, **off).initialize_callbacks()
-        snapshot = copy.deepcopy(net.module_.state_dict()) if not first else None
-        try:
-            return self._train(net, X, seed, initialize=first, epochs=1)
-        except BaseException:
-            if snapshot is not None:  # the weights of the model as it was before this call
-                net.module_.load_state_dict(snapshot)
-            raise
+        return self._train(net, X, seed, initialize=first, epochs=1)
 
     def _seed(self) -> int:
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -708,6 +693,22 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         tags.transformer_tags.preserves_dtype = ["float64"]
         tags.non_deterministic = False
         return tags
+
+
+@contextlib.contextmanager
+def _kept_on_failure(estimator: OTFlowDensity):
+    """A failed fit or partial_fit leaves the estimator, and a fitted model, as they were.
+
+    Training continues on a copy of the fitted net (``_fit``, ``_partial_fit``), so restoring the
+    attributes restores the model.
+    """
+    previous = dict(vars(estimator))
+    try:
+        yield
+    except BaseException:
+        vars(estimator).clear()
+        vars(estimator).update(previous)
+        raise
 
 
 def _eval_rows(width: int) -> int:

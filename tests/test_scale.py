@@ -1,5 +1,6 @@
 """Scale: streaming fits (partial_fit), evaluation memory bounded by a batch, threads, Dask."""
 
+import pickle
 import threading
 import tracemalloc
 
@@ -92,6 +93,27 @@ def test_a_failed_partial_fit_keeps_the_model(streamed, gaussian_split):
             streamed.partial_fit(bad)
     assert streamed.n_iter_ == n_iter
     np.testing.assert_array_equal(streamed.score_samples(X_test), before)
+
+
+@pytest.mark.parametrize("how", ["partial_fit", "warm_start fit"])
+def test_training_that_fails_midway_keeps_the_model(streamed, gaussian_split, how, monkeypatch):
+    """A call that fails after some optimiser steps leaves the fitted weights and attributes as they were."""
+    X_train, X_test = gaussian_split
+    est = pickle.loads(pickle.dumps(streamed)).set_params(warm_start=True)
+    before, n_iter = est.score_samples(X_test), est.n_iter_
+    original, steps = estimator_module.OTFlowNet.train_step, []
+
+    def train_step(net, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise RuntimeError("interrupted")
+        return original(net, *args, **kwargs)
+
+    monkeypatch.setattr(estimator_module.OTFlowNet, "train_step", train_step)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        est.partial_fit(X_train) if how == "partial_fit" else est.fit(X_train)
+    assert len(steps) == 3 and est.n_iter_ == n_iter
+    np.testing.assert_array_equal(est.score_samples(X_test), before)
 
 
 def _rows_per_flow_call(monkeypatch):
