@@ -45,6 +45,8 @@ def test_loss_weights_enter_linearly():
 def test_bfloat16_training_loss_and_gradient_are_close_to_float64():
     torch.manual_seed(0)
     phi = Potential(10, width=32, n_layers=2)
+    with torch.no_grad():
+        phi.w.normal_()  # switch the network on (it starts at w = 0)
     x = torch.randn(128, 10)
     phi64 = Potential(10, width=32, n_layers=2).to(F64)
     phi64.load_state_dict({k: v.double() for k, v in phi.state_dict().items()})

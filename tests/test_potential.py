@@ -24,7 +24,7 @@ def autograd_grad_and_trace(phi: Potential, x: torch.Tensor, t: float):
 def random_potential(d, width, n_layers, rank, seed, device="cpu", dtype=F64, scale=1.0):
     torch.manual_seed(seed)
     phi = Potential(d, width=width, n_layers=n_layers, rank=rank).to(device=device, dtype=dtype)
-    with torch.no_grad():  # move off the symmetric initial point (w = 1, b = c = 0)
+    with torch.no_grad():  # move off the initial point (w = b = c = 0)
         for p in phi.parameters():
             p.normal_(0.0, scale)
     return phi
@@ -126,7 +126,7 @@ def test_layers_are_initialised_independently_and_rank_is_capped():
     w = [layer.weight for layer in phi.layers]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
     assert phi.A.shape == (3, 3)
-    assert torch.equal(phi.w.data, torch.ones(8)) and phi.c.item() == 0.0
+    assert torch.equal(phi.w.data, torch.zeros(8)) and phi.c.item() == 0.0
 
 
 @pytest.mark.parametrize(
