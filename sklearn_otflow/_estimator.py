@@ -118,10 +118,11 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     n_steps_eval : int or None, default=None
         RK4 steps used by ``score_samples``, ``transform``, ``sample`` and the other evaluations; ``None``
         means ``2 * n_steps``.
-    max_epochs : int, default=100
+    max_epochs : int, default=150
         Maximum number of passes over the training data.
-    batch_size : int, default=128
-        Minibatch size.
+    batch_size : int, default=256
+        Minibatch size. Small fits are bound by the cost per optimiser step more than by the rows per
+        batch: on make_moons, 150 epochs of 256 rows beat 100 epochs of 128 rows in less time.
     learning_rate : float, default=0.03
         Adam's initial learning rate, decayed by a cosine schedule over ``max_epochs``.
     early_stopping : bool, default=True
@@ -234,8 +235,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         rank=10,
         n_steps=8,
         n_steps_eval=None,
-        max_epochs=100,
-        batch_size=128,
+        max_epochs=150,
+        batch_size=256,
         learning_rate=0.03,
         early_stopping=True,
         validation_fraction=0.1,
