@@ -78,8 +78,8 @@ def _chunks(n: int, m: int, d: int, block: int | None = None) -> list[slice]:
 
 # Entries of one (m, d, chunk) block: cache-sized transients keep the allocator from fragmenting the heap.
 _BLOCK = 1 << 20
-# Without autograd (evaluation), blocks of 1 MiB stay in the L2 cache: measured 1.8 times the rows per
-# second of _BLOCK in float64 at d=10, m=32 (benchmarks/bench_memory.py). Training keeps _BLOCK, whose
+# Without autograd (evaluation), blocks of 1 MiB stay in the L2 cache: about 1.5 times the rows per
+# second of _BLOCK in float64 at d=10, m=32 (docs/benchmarks.md, "Scale"). Training keeps _BLOCK, whose
 # chunks also serve the backward pass.
 _EVAL_BLOCK_BYTES = 1 << 20
 
