@@ -22,7 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._potential import Potential
+from . import _potential
+from ._potential import Potential, grad_trace_backward, grad_trace_forward
 
 __all__ = ["odeint_rk4", "flow"]
 
@@ -82,21 +83,67 @@ def odeint_rk4(f: Callable[[float, State], State], y0: State, t0: float, t1: flo
     return y
 
 
+class _OTField(torch.autograd.Function):
+    r"""The right-hand side :math:`(-\nabla_x\Phi, -\operatorname{tr}\nabla_x^2\Phi, \tfrac12|\nabla_x\Phi|^2,
+    |\partial_t\Phi - \tfrac12|\nabla_x\Phi|^2|)` on the stacked state (n, d + 3), as one autograd node.
+
+    Training differentiates through every RK4 stage: one node per stage, whose backward is the chain
+    rule of the four lines above written out in front of
+    :func:`~sklearn_otflow._potential.grad_trace_backward`. Inputs: ``d``, ``h``, ``gemm_dtype``,
+    ``block``, ``t``, the state ``y``, then :meth:`Potential.flat_parameters`.
+    """
+
+    @staticmethod
+    def forward(ctx, d: int, h: float, gd: torch.dtype, block: int, t: float, y: Tensor, *params: Tensor):
+        n = y.shape[0]
+        s = y.new_empty(d + 1, n)  # (x, t), samples last
+        s[:d] = y[:, :d].t()
+        s[d] = t
+        grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params)
+        gx, gt = grad[:d], grad[d]
+        dL = 0.5 * (gx * gx).sum(0)
+        r = gt - dL
+        out = y.new_empty(n, d + 3)
+        torch.neg(gx.t(), out=out[:, :d])
+        torch.neg(trace, out=out[:, d])
+        out[:, d + 1] = dL
+        torch.abs(r, out=out[:, d + 2])
+        ctx.d, ctx.h, ctx.gd = d, h, gd
+        ctx.save_for_backward(gx, torch.sign(r), *saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, G_out: Tensor):
+        d = ctx.d
+        gx, sign_r, *saved = ctx.saved_tensors
+        G_R = sign_r * G_out[:, d + 2]  # |r|, r = g_t - dL
+        G = G_out.new_empty(d + 1, G_out.shape[0])  # gradient with respect to grad = (g_x, g_t)
+        torch.addcmul(G_out[:, :d].t().neg(), gx, (G_out[:, d + 1] - G_R).unsqueeze(0), out=G[:d])  # -g_x, dL
+        G[d] = G_R
+        grads = grad_trace_backward(d, ctx.h, ctx.gd, saved, G, -G_out[:, d], ctx.needs_input_grad[5])
+        G_s, rest = grads[0], grads[1:]
+        G_y = None
+        if G_s is not None:
+            G_y = G_out.new_zeros(G_out.shape)
+            G_y[:, :d] = G_s[:d].t()
+        return (None,) * 5 + (G_y, *rest)
+
+
 def ot_dynamics(
     potential: Potential, gemm_dtype: torch.dtype | None = None
 ) -> Callable[[float, State], State]:
     """The right-hand side of OT-Flow's characteristics on one stacked state ``[x, ell, L, R]`` (n, d + 3).
 
     Only ``x`` feeds back into the field, so the state is one tensor: every RK4 stage is one operation
-    on it instead of four.
+    on it instead of four, and one autograd node (:class:`_OTField`).
     """
-    d = potential.n_features
+    d, h = potential.n_features, potential.h
 
     def f(t: float, y: State) -> State:
-        grad, trace = potential.grad_and_trace(y[0][:, :d], t, gemm_dtype)
-        gx, gt = grad[:, :d], grad[:, d]
-        dL = 0.5 * (gx * gx).sum(1)
-        return (torch.cat([-gx, torch.stack([-trace, dL, (gt - dL).abs()], 1)], 1),)
+        gd = gemm_dtype or y[0].dtype
+        block = _potential._BLOCK if torch.is_grad_enabled() else _potential._EVAL_BLOCK_BYTES // gd.itemsize
+        return (_OTField.apply(d, h, gd, block, t, y[0], *potential.flat_parameters()),)
 
     return f
 

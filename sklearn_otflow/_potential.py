@@ -18,9 +18,12 @@ and the activation :math:`\sigma(u) = \log(2\cosh u)`, so :math:`\sigma' = \tanh
 
 :meth:`Potential.grad_and_trace` returns :math:`\nabla_s \Phi` and :math:`\operatorname{tr}\nabla_x^2\Phi`
 computed by a hand-written backward sweep (OT-Flow, Onken et al. 2021, section 3), in one pass of dense
-matrix products and with no autograd inside. Autograd may still differentiate *through* the result
-(training); the expensive part, the products with the :math:`m \times d` Jacobian blocks, goes through
-:class:`_Trace`, whose backward recomputes those blocks instead of storing them.
+matrix products and with no autograd inside. Training differentiates *through* the result (mixed
+second derivatives of :math:`\Phi`); that chain rule is written out too (:func:`grad_trace_backward`),
+so each call is one autograd node, and its backward recomputes the :math:`m \times d` Jacobian blocks
+instead of storing them. With one residual layer and one block of samples, :func:`_one_layer_forward`
+spells the same formulas out in fewer operations: at small :math:`d` a training step is bound by the
+number of operations, not their size (about 1.4 times the iterations per second on make_moons).
 """
 
 from __future__ import annotations
@@ -82,98 +85,256 @@ _BLOCK = 1 << 20
 # second of _BLOCK in float64 at d=10, m=32 (docs/benchmarks.md, "Scale"). Training keeps _BLOCK, whose
 # chunks also serve the backward pass.
 _EVAL_BLOCK_BYTES = 1 << 20
+# Largest (m, d, n) block for which one residual layer takes _one_layer_forward, which keeps two such
+# blocks per RK4 stage for its backward (at most 64 MB over a float32 training step of 32 stages).
+_ONE_LAYER_BLOCK = 1 << 18
 
 
-class _LogCoshTanh(torch.autograd.Function):
-    """``(log_cosh(a), tanh(a))`` saving only ``tanh(a)``, which both backward formulas need."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor) -> tuple[Tensor, Tensor]:
-        g = torch.tanh(a)
-        ctx.save_for_backward(g)
-        return log_cosh(a), g
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_u: Tensor | None, grad_g: Tensor | None) -> Tensor:
-        (g,) = ctx.saved_tensors
-        out = torch.zeros_like(g) if grad_u is None else grad_u * g
-        return out if grad_g is None else out + grad_g * (1.0 - g * g)
-
-
-class _Trace(torch.autograd.Function):
-    r"""The network's share of the spatial Hessian trace, :math:`t_0 + h \sum_i t_i`.
+def _trace_forward(
+    h: float, gemm_dtype: torch.dtype, block: int, g0: Tensor, z1: Tensor, B: Tensor, Ks, ss, zs
+) -> tuple[Tensor, list[Tensor]]:
+    r"""The network's share of the spatial Hessian trace, :math:`t_0 + h \sum_i t_i`, and the row norms.
 
     :math:`t_0 = \sum_j (1 - g_{0,j}^2) z_{1,j} \|B_j\|^2` and
     :math:`t_i = \sum_{j,l} c_{i,j} (K_i J_{i-1})_{jl}^2` with :math:`c_i = (1 - s_i^2) z_{i+1}`.
     Inputs, samples last: ``g0 = tanh(a_0)`` (m, n), ``z1`` (m, n), ``B`` the first d columns of
-    :math:`K_0` (m, d), then the lists ``K_i`` (m, m), ``s_i = tanh(a_i)`` (m, n) and ``z_{i+1}`` (m, n).
-    Output: (n,).
+    :math:`K_0` (m, d), then the lists ``Ks`` of :math:`K_i` (m, m), ``ss`` of :math:`s_i = \tanh(a_i)`
+    and ``zs`` of :math:`z_{i+1}` (m, n). Returns the trace (n,) and the (m, n) squared row norms
+    :math:`\sum_l (K_i J_{i-1})_{jl}^2`, which :func:`_trace_vjp` reuses. The (m, d, n) blocks exist
+    one chunk of samples (``block`` entries) at a time, in ``gemm_dtype``.
+    """
+    sqs = []
+    for sl in _chunks(g0.shape[1], *B.shape, block):
+        _, Ps = _jacobian_chain(h, g0[:, sl], B, Ks, [s[:, sl] for s in ss], gemm_dtype)
+        sqs.append([_sq_norms(P, g0.dtype) for P in Ps])
+    sqs = [sq[0] if len(sq) == 1 else torch.cat(sq, 1) for sq in zip(*sqs)]
+    tr = (B * B).sum(1) @ ((1.0 - g0 * g0) * z1)
+    for s, z, sq in zip(ss, zs, sqs):
+        tr = tr + h * (((1.0 - s * s) * z) * sq).sum(0)
+    return tr, sqs
 
-    Autograd memory is O(m n): the forward keeps its inputs (which the gradient sweep keeps anyway)
-    and the (m, n) row norms; the backward recomputes the (m, d, n) blocks, one product per layer.
-    Both run over chunks of samples so that the blocks stay small. ``gemm_dtype`` (e.g.
-    ``torch.bfloat16``) holds the blocks and runs their products in that precision; reductions and
-    outputs stay in the inputs' dtype.
+
+def _trace_vjp(h: float, gd: torch.dtype, g0, z1, B, Ks, ss, zs, sqs, grad_tr: Tensor):
+    """The trace's vector-Jacobian product: gradients with respect to g0, z1, B, Ks, ss and zs.
+
+    Memory stays O(m n): the (m, d, n) blocks are recomputed chunk by chunk, one product per layer.
+    """
+    dtype = g0.dtype
+    M, (m, d) = len(Ks), B.shape
+    KTs = [K.t().to(gd).contiguous() for K in Ks]
+    # t_0 = bsq @ ((1 - g0^2) z1)
+    bsq_gt = (B * B).sum(1, keepdim=True) * grad_tr
+    grad_z1 = (1.0 - g0 * g0) * bsq_gt
+    grad_g0 = -2.0 * g0 * z1 * bsq_gt
+    grad_B = 2.0 * B * (((1.0 - g0 * g0) * z1) @ grad_tr).unsqueeze(1)
+    grad_K = [torch.zeros_like(K) for K in Ks]
+    # c_i = (1 - s_i^2) z_{i+1}: t_i's gradient with respect to c_i is h sq_i grad_tr
+    grad_cs = [h * sq * grad_tr for sq in sqs]
+    grad_z = [gc * (1.0 - s * s) for gc, s in zip(grad_cs, ss)]
+    grad_s = [-2.0 * gc * s * z for gc, s, z in zip(grad_cs, ss, zs)]
+    wts = [((2.0 * h) * (1.0 - s * s) * z * grad_tr).to(gd) for s, z in zip(ss, zs)]  # d/dP: 2 h c P
+
+    for sl in _chunks(g0.shape[1], m, d):
+        Js, Ps = _jacobian_chain(h, g0[:, sl], B, list(Ks), [s[:, sl] for s in ss], gd)
+        gJ = None  # gradient with respect to J_{i+1}, (m, d, chunk)
+        for i in reversed(range(M)):
+            P = Ps.pop()
+            gP = P * wts[i][:, sl].unsqueeze(1)
+            if gJ is not None:  # the path J_{i+1} = J_i + h s_i P_i
+                grad_s[i][:, sl] += h * torch.linalg.vecdot(gJ.to(dtype), P.to(dtype), dim=1)
+                gP = gP + gJ * (h * ss[i][:, sl]).to(gd).unsqueeze(1)
+            grad_K[i] += (gP.view(m, -1) @ Js[i].view(m, -1).t()).to(dtype)
+            gJ_prev = (KTs[i] @ gP.view(m, -1)).view(gP.shape)
+            gJ = gJ_prev if gJ is None else gJ + gJ_prev
+        # J_0 = B[:, :, None] * g0[:, None, :]
+        grad_g0[:, sl] += torch.bmm(B.to(gd).unsqueeze(1), gJ).squeeze(1)
+        grad_B += torch.bmm(gJ, g0[:, sl].to(gd).unsqueeze(2)).squeeze(2)
+    return grad_g0, grad_z1, grad_B, grad_K, grad_s, grad_z
+
+
+def grad_trace_forward(d: int, h: float, gd: torch.dtype, block: int, s: Tensor, params: tuple[Tensor, ...]):
+    r""":math:`\nabla_s\Phi` (d + 1, n) and the trace (n,) at ``s`` (d + 1, n), samples last, and what
+    :func:`grad_trace_backward` needs. ``params`` is ``(K0, b0, w, A, b, K_1..K_M, b_1..b_M)``.
+
+    No autograd inside: the nodes that train through this (:class:`_GradTrace` here, the dynamics'
+    field in :mod:`~sklearn_otflow._dynamics`) call :func:`grad_trace_backward` for their backward.
+    Autograd would record the forward's operations as some 80 graph nodes per call and differentiate
+    each; written out, the mixed second derivatives of :math:`\Phi` are one node, which saves only
+    (m, n) activations.
+    """
+    K0, b0, w, A, b, *layers = params
+    M = len(layers) // 2
+    if M == 1 and gd == s.dtype and K0.shape[0] * d * s.shape[1] <= min(block, _ONE_LAYER_BLOCK):
+        return _one_layer_forward(d, s, params)
+    Ks, bs = layers[:M], layers[M:]
+    a0 = torch.addmm(b0.unsqueeze(1), K0, s)
+    g0 = torch.tanh(a0)
+    u = log_cosh(a0)
+    us, gs = [u], []  # u_0..u_{M-1}; s_i = tanh(a_i), i = 1..M
+    for i, (K, bi) in enumerate(zip(Ks, bs)):
+        a = torch.addmm(bi.unsqueeze(1), K, u)
+        gs.append(torch.tanh(a))
+        if i + 1 < M:
+            u = u + h * log_cosh(a)
+            us.append(u)
+    # backward sweep z_i = z_{i+1} + h K_i^T (s_i * z_{i+1}), from z_{M+1} = w
+    z = w.unsqueeze(1).expand(-1, s.shape[1])
+    zs = [z]
+    for K, g in zip(reversed(Ks), reversed(gs)):
+        z = torch.addmm(z, K.t(), g * z, alpha=h)
+        zs.append(z)
+    zs.reverse()  # zs[i] = z_{i+1}, i = 0..M
+    AtA = A.t() @ A
+    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), g0 * zs[0])
+    trace, sqs = _trace_forward(h, gd, block, g0, zs[0], K0[:, :d], Ks, gs, zs[1:])
+    trace = trace + torch.diagonal(AtA)[:d].sum()
+    return grad, trace, (s, K0, w, A, AtA, g0, *Ks, *gs, *us, *zs[:-1], *sqs)
+
+
+def grad_trace_backward(
+    d: int, h: float, gd: torch.dtype, saved, G: Tensor, G_tr: Tensor, need_s: bool = True
+):
+    """Gradients of ``<G, grad> + <G_tr, trace>``.
+
+    Returns ``(G_s or None, G_K0, G_b0, G_w, G_A, G_b, *G_K, *G_bi)``, the order of ``(s, *params)``.
+    """
+    if saved[0] is None:
+        return _one_layer_backward(d, saved[1:], G, G_tr, need_s)
+    s, K0, w, A, AtA, g0, *rest = saved
+    M = len(rest) // 5
+    Ks, gs, us, zs, sqs = (list(rest[i * M : (i + 1) * M]) for i in range(5))
+    zs.append(w.unsqueeze(1).expand(-1, s.shape[1]))  # zs[i] = z_{i+1}, i = 0..M
+    # trace_net(g0, z_1, B, K_i, s_i, z_{i+1})
+    B = K0[:, :d]
+    G_g0, G_z1, G_B, G_K, G_g, G_zt = _trace_vjp(h, gd, g0, zs[0], B, Ks, gs, zs[1:], sqs, G_tr)
+    G_z = [G_z1, *G_zt]  # G_z[i]: gradient with respect to z_{i+1}
+    # grad = A^T A s + b + K_0^T q, q = g_0 z_1
+    G_K0 = (g0 * zs[0]) @ G.t()
+    G_K0[:, :d] += G_B
+    G_q = K0 @ G
+    G_g0 = G_g0 + G_q * zs[0]
+    G_z[0] = G_z[0] + G_q * g0
+    # z_i = z_{i+1} + h K_i^T (s_i z_{i+1}), i = 1..M
+    for i in range(M):
+        v = Ks[i] @ G_z[i]
+        G_K[i] += h * ((gs[i] * zs[i + 1]) @ G_z[i].t())
+        G_z[i + 1] = G_z[i + 1] + G_z[i] + h * v * gs[i]
+        G_g[i] = G_g[i] + h * v * zs[i + 1]
+    G_w = G_z[M].sum(1)
+    # a_i = K_i u_{i-1} + b_i, s_i = tanh(a_i), u_i = u_{i-1} + h log_cosh(a_i) (i < M)
+    G_b, G_u = [], None
+    for i in reversed(range(M)):
+        G_a = G_g[i] * (1.0 - gs[i] * gs[i])
+        if G_u is not None:
+            G_a = G_a + h * G_u * gs[i]
+        G_K[i] += G_a @ us[i].t()
+        G_b.append(G_a.sum(1))
+        G_u = Ks[i].t() @ G_a if G_u is None else G_u + Ks[i].t() @ G_a
+    G_b.reverse()
+    # a_0 = K_0 s + b_0, u_0 = log_cosh(a_0), g_0 = tanh(a_0)
+    G_a0 = G_g0 * (1.0 - g0 * g0) + G_u * g0
+    G_K0 += G_a0 @ s.t()
+    # the quadratic's A^T A s in grad, tr((A^T A)[:d, :d]) in the trace
+    G_AtA = G @ s.t()
+    G_AtA.diagonal()[:d] += G_tr.sum()
+    G_A = A @ (G_AtA + G_AtA.t())
+    G_s = torch.addmm(AtA @ G, K0.t(), G_a0) if need_s else None
+    return (G_s, G_K0, G_a0.sum(1), G_w, G_A, G.sum(1), *G_K, *G_b)
+
+
+def _one_layer_forward(d: int, s: Tensor, params: tuple[Tensor, ...]):
+    r""":func:`grad_trace_forward` for :math:`M = 1` (so :math:`h = 1`) in one exact block of samples.
+
+    The same formulas with fewer operations: training at small :math:`d` is bound by the number of
+    tensor operations per RK4 stage, not by their size, and this path spells out the single residual
+    layer (:math:`z_2 = w`) without the chunk loop and the lists. ``saved`` starts with ``None`` to
+    mark it.
+    """
+    K0, b0, w, A, b, K, b1 = params
+    m, n = K0.shape[0], s.shape[1]
+    a0 = torch.addmm(b0.unsqueeze(1), K0, s)
+    g0 = torch.tanh(a0)
+    u0 = log_cosh(a0)
+    g1 = torch.tanh(torch.addmm(b1.unsqueeze(1), K, u0))
+    wc = w.unsqueeze(1)
+    y1 = g1 * wc
+    z1 = torch.addmm(wc, K.t(), y1)  # z_1 = w + K^T (s_1 w)
+    q = g0 * z1
+    AtA = A.t() @ A
+    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), q)
+    # trace = t_0 + t_1 + tr((A^T A)[:d, :d]):  t_0 = bsq . (e0 z1),  t_1 = sum_j c1_j |(K J_0)_j|^2,
+    # e_i = 1 - g_i^2, c1 = e1 w, bsq_j = |B_j|^2, J_0 = B g_0 (m, d, n)
+    B = K0[:, :d]
+    J0 = B.unsqueeze(2) * g0.unsqueeze(1)
+    P = (K @ J0.view(m, d * n)).view(m, d, n)
+    sq = torch.linalg.vecdot(P, P, dim=1)
+    e0 = 1.0 - g0 * g0
+    e0z1 = e0 * z1
+    e1 = 1.0 - g1 * g1
+    c1 = e1 * wc
+    bsq = (B * B).sum(1)
+    trace = torch.addmv((c1 * sq).sum(0), e0z1.t(), bsq) + torch.diagonal(AtA)[:d].sum()
+    return grad, trace, (None, s, K0, w, A, AtA, K, g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, J0, P, sq, bsq)
+
+
+def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool):
+    """:func:`grad_trace_backward` for :func:`_one_layer_forward`."""
+    s, K0, w, A, AtA, K, g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, J0, P, sq, bsq = saved
+    m, n = K0.shape[0], s.shape[1]
+    wc, B, Gt = w.unsqueeze(1), K0[:, :d], G_tr.unsqueeze(0)
+    # t_1 = sum_j c1_j sq_j, sq_j = sum_l P_jl^2, P = K J_0
+    G_c1 = sq * Gt
+    G_P = (P * (2.0 * c1 * Gt).unsqueeze(1)).view(m, d * n)
+    G_K = G_P @ J0.view(m, d * n).t()
+    G_J0 = (K.t() @ G_P).view(m, d, n)
+    G_B = torch.bmm(G_J0, g0.unsqueeze(2)).squeeze(2)
+    # t_0 = bsq . (e0 z1), e0 = 1 - g0^2
+    bG = bsq.unsqueeze(1) * Gt
+    G_B += 2.0 * B * (e0z1 @ G_tr).unsqueeze(1)
+    # grad = A^T A s + b + K_0^T q, q = g_0 z_1
+    G_K0 = q @ G.t()
+    G_K0[:, :d] += G_B
+    G_q = K0 @ G
+    G_z1 = torch.addcmul(G_q * g0, bG, e0)
+    G_g0 = torch.linalg.vecdot(G_J0, B.unsqueeze(2), dim=1)
+    G_g0 = torch.addcmul(G_g0, z1, torch.addcmul(G_q, g0, bG, value=-2.0))
+    # z_1 = w + K^T y_1, y_1 = g_1 w;  c1 = (1 - g_1^2) w
+    v = K @ G_z1
+    G_K = torch.addmm(G_K, y1, G_z1.t())
+    G_w = torch.addcmul(torch.addcmul(G_z1, v, g1), e1, G_c1).sum(1)
+    # a_1 = K u_0 + b_1, g_1 = tanh(a_1)
+    G_a1 = torch.addcmul(v, g1, G_c1, value=-2.0) * wc * e1
+    G_K = torch.addmm(G_K, G_a1, u0.t())
+    # a_0 = K_0 s + b_0, u_0 = log_cosh(a_0), g_0 = tanh(a_0)
+    G_a0 = torch.addcmul(G_g0 * e0, K.t() @ G_a1, g0)
+    G_K0 = torch.addmm(G_K0, G_a0, s.t())
+    # A^T A s in grad, tr((A^T A)[:d, :d]) in the trace
+    G_AtA = G @ s.t()
+    G_AtA.diagonal()[:d] += G_tr.sum()
+    G_A = A @ (G_AtA + G_AtA.t())
+    G_s = torch.addmm(AtA @ G, K0.t(), G_a0) if need_s else None
+    return (G_s, G_K0, G_a0.sum(1), G_w, G_A, G.sum(1), G_K, G_a1.sum(1))
+
+
+class _GradTrace(torch.autograd.Function):
+    """``(grad, trace)`` of :meth:`Potential.grad_and_trace` as one autograd node, samples last.
+
+    Inputs: ``d``, ``h``, ``gemm_dtype``, ``block``, ``s`` (d + 1, n), then the parameters as in
+    :func:`grad_trace_forward`.
     """
 
     @staticmethod
-    def forward(
-        ctx, h: float, gemm_dtype: torch.dtype, block: int, g0: Tensor, z1: Tensor, B: Tensor, *layers: Tensor
-    ):
-        M = len(layers) // 3
-        Ks, ss, zs = list(layers[:M]), layers[M : 2 * M], layers[2 * M :]
-        sqs = [g0.new_empty(g0.shape) for _ in range(M)]
-        for sl in _chunks(g0.shape[1], *B.shape, block):
-            _, Ps = _jacobian_chain(h, g0[:, sl], B, Ks, [s[:, sl] for s in ss], gemm_dtype)
-            for sq, P in zip(sqs, Ps):
-                sq[:, sl] = _sq_norms(P, g0.dtype)
-        tr = (B * B).sum(1) @ ((1.0 - g0 * g0) * z1)
-        for s, z, sq in zip(ss, zs, sqs):
-            tr = tr + h * (((1.0 - s * s) * z) * sq).sum(0)
-        ctx.h, ctx.gemm_dtype = h, gemm_dtype
-        ctx.save_for_backward(g0, z1, B, *layers, *sqs)
-        return tr
+    def forward(ctx, d: int, h: float, gd: torch.dtype, block: int, s: Tensor, *params: Tensor):
+        grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params)
+        ctx.d, ctx.h, ctx.gd = d, h, gd
+        ctx.save_for_backward(*saved)
+        return grad, trace
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_tr: Tensor):
-        g0, z1, B, *rest = ctx.saved_tensors
-        h, gd, dtype = ctx.h, ctx.gemm_dtype, g0.dtype
-        M = len(rest) // 4
-        Ks, ss, zs, sqs = rest[:M], rest[M : 2 * M], rest[2 * M : 3 * M], rest[3 * M :]
-        m, d = B.shape
-        KTs = [K.t().to(gd).contiguous() for K in Ks]
-        # t_0 = bsq @ ((1 - g0^2) z1)
-        bsq_gt = (B * B).sum(1, keepdim=True) * grad_tr
-        grad_z1 = (1.0 - g0 * g0) * bsq_gt
-        grad_g0 = -2.0 * g0 * z1 * bsq_gt
-        grad_B = 2.0 * B * (((1.0 - g0 * g0) * z1) @ grad_tr).unsqueeze(1)
-        grad_K = [torch.zeros_like(K) for K in Ks]
-        # c_i = (1 - s_i^2) z_{i+1}: t_i's gradient with respect to c_i is h sq_i grad_tr
-        grad_cs = [h * sq * grad_tr for sq in sqs]
-        grad_z = [gc * (1.0 - s * s) for gc, s in zip(grad_cs, ss)]
-        grad_s = [-2.0 * gc * s * z for gc, s, z in zip(grad_cs, ss, zs)]
-        wts = [((2.0 * h) * (1.0 - s * s) * z * grad_tr).to(gd) for s, z in zip(ss, zs)]  # d/dP: 2 h c P
-
-        for sl in _chunks(g0.shape[1], m, d):
-            Js, Ps = _jacobian_chain(h, g0[:, sl], B, list(Ks), [s[:, sl] for s in ss], gd)
-            gJ = None  # gradient with respect to J_{i+1}, (m, d, chunk)
-            for i in reversed(range(M)):
-                P = Ps.pop()
-                gP = P * wts[i][:, sl].unsqueeze(1)
-                if gJ is not None:  # the path J_{i+1} = J_i + h s_i P_i
-                    grad_s[i][:, sl] += h * torch.linalg.vecdot(gJ.to(dtype), P.to(dtype), dim=1)
-                    gP = gP + gJ * (h * ss[i][:, sl]).to(gd).unsqueeze(1)
-                grad_K[i] += (gP.view(m, -1) @ Js[i].view(m, -1).t()).to(dtype)
-                gJ_prev = (KTs[i] @ gP.view(m, -1)).view(gP.shape)
-                gJ = gJ_prev if gJ is None else gJ + gJ_prev
-            # J_0 = B[:, :, None] * g0[:, None, :]
-            grad_g0[:, sl] += torch.bmm(B.to(gd).unsqueeze(1), gJ).squeeze(1)
-            grad_B += torch.bmm(gJ, g0[:, sl].to(gd).unsqueeze(2)).squeeze(2)
-
-        grads = (grad_g0, grad_z1, grad_B, *grad_K, *grad_s, *grad_z)
-        return (None, None, None, *(g if ok else None for g, ok in zip(grads, ctx.needs_input_grad[3:])))
+    def backward(ctx, G: Tensor, G_tr: Tensor):
+        grads = grad_trace_backward(ctx.d, ctx.h, ctx.gd, ctx.saved_tensors, G, G_tr, ctx.needs_input_grad[4])
+        return (None,) * 4 + grads
 
 
 class Potential(nn.Module):
@@ -278,35 +439,17 @@ class Potential(nn.Module):
         >>> grad.shape, trace.shape
         (torch.Size([5, 4]), torch.Size([5]))
         """
-        d, h, n = self.n_features, self.h, x.shape[0]
-        # samples last throughout: every activation is (m, n), s is (d + 1, n)
-        s = self._s(x, t).t()
-        K0 = self.opening.weight
-        u, g0 = _LogCoshTanh.apply(torch.addmm(self.opening.bias.unsqueeze(1), K0, s))
-        pre = []  # tanh(a_i), i = 1..M
-        for i, layer in enumerate(self.layers):
-            a = torch.addmm(layer.bias.unsqueeze(1), layer.weight, u)
-            if i + 1 < len(self.layers):
-                sigma, g = _LogCoshTanh.apply(a)
-                u = u + h * sigma
-            else:
-                g = torch.tanh(a)
-            pre.append(g)
-        # backward sweep z_i = z_{i+1} + h K_i^T (tanh(a_i) * z_{i+1}), from z_{M+1} = w
-        z = self.w.unsqueeze(1).expand(-1, n)
-        zs = [z]
-        for layer, g in zip(reversed(self.layers), reversed(pre)):
-            z = torch.addmm(z, layer.weight.t(), g * z, alpha=h)
-            zs.append(z)
-        zs.reverse()  # zs[i] = z_{i+1}, i = 0..M
-        AtA = self.A.t() @ self.A
-        grad = torch.addmm(self.b.unsqueeze(1), AtA, s) + K0.t() @ (g0 * zs[0])
-        Ks = [layer.weight for layer in self.layers]
+        s = self._s(x, t).t()  # samples last throughout: s is (d + 1, n), every activation (m, n)
         gemm_dtype = gemm_dtype or x.dtype
         block = _BLOCK if torch.is_grad_enabled() else _EVAL_BLOCK_BYTES // gemm_dtype.itemsize
-        trace = _Trace.apply(h, gemm_dtype, block, g0, zs[0], K0[:, :d], *Ks, *pre, *zs[1:])
-        trace = trace + torch.diagonal(AtA)[:d].sum()
+        grad, trace = _GradTrace.apply(self.n_features, self.h, gemm_dtype, block, s, *self.flat_parameters())
         return grad.t(), trace
+
+    def flat_parameters(self) -> tuple[Tensor, ...]:
+        """``(K0, b0, w, A, b, K_1..K_M, b_1..b_M)``, the order of :func:`grad_trace_forward`."""
+        Ks = [layer.weight for layer in self.layers]
+        bs = [layer.bias for layer in self.layers]
+        return (self.opening.weight, self.opening.bias, self.w, self.A, self.b, *Ks, *bs)
 
     def extra_repr(self) -> str:
         sizes = (self.n_features, self.width, self.n_layers, self.A.shape[0])

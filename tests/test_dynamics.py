@@ -132,3 +132,40 @@ def test_flow_is_differentiable_in_float32_and_keeps_shapes():
     (z.sum() + ell.sum() + L.sum() + R.sum()).backward()
     assert all(p.grad is not None for n, p in phi.named_parameters() if n != "c")
     assert z.dtype == torch.float32 and z.shape == (6, 4) and ell.shape == L.shape == R.shape == (6,)
+
+
+def autograd_field(phi: Potential):
+    """The characteristics' right-hand side by plain autograd: the reference for the fused node."""
+    d = phi.n_features
+
+    def f(t, y):
+        x = y[0][:, :d]
+        tt = torch.full((x.shape[0], 1), t, dtype=x.dtype, requires_grad=True)
+        gx, gt = torch.autograd.grad(phi(x, tt).sum(), (x, tt), create_graph=True)
+        trace = sum(torch.autograd.grad(gx[:, i].sum(), x, create_graph=True)[0][:, i] for i in range(d))
+        dL = 0.5 * (gx * gx).sum(1)
+        return (torch.cat([-gx, torch.stack([-trace, dL, (gt[:, 0] - dL).abs()], 1)], 1),)
+
+    return f
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("block", [1 << 20, 40])  # the one-block path (M = 1), and chunks of samples
+def test_training_gradients_through_the_flow_equal_autograd(n_layers, block, monkeypatch):
+    """Training backpropagates through every RK4 stage's fused node: against double autograd."""
+    from sklearn_otflow import _potential
+
+    monkeypatch.setattr(_potential, "_BLOCK", block)
+    phi = random_potential(d=3, width=6, n_layers=n_layers, seed=4)
+    x = torch.randn(9, 3, dtype=F64, requires_grad=True)
+    cot = torch.randn(9, 6, dtype=F64)  # weights on z, ell, L and R
+    params = [p for name, p in phi.named_parameters() if name != "c"] + [x]
+
+    z, ell, L, R = flow(phi, x, n_steps=3)
+    ours = torch.autograd.grad((torch.cat([z, torch.stack([ell, L, R], 1)], 1) * cot).sum(), params)
+    y0 = torch.cat([x, x.new_zeros(9, 3)], 1)
+    (y,) = odeint_rk4(autograd_field(phi), (y0,), 0.0, 1.0, 3)
+    theirs = torch.autograd.grad((y * cot).sum(), params)
+    assert torch.allclose(y, torch.cat([z, torch.stack([ell, L, R], 1)], 1), rtol=1e-12, atol=1e-12)
+    for a, b in zip(ours, theirs):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-10
