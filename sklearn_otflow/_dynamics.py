@@ -90,7 +90,7 @@ class _OTField(torch.autograd.Function):
     Training differentiates through every RK4 stage: one node per stage, whose backward is the chain
     rule of the four lines above written out in front of
     :func:`~sklearn_otflow._potential.grad_trace_backward`. Inputs: ``d``, ``h``, ``gemm_dtype``,
-    ``block``, ``t``, the state ``y``, then :meth:`Potential.flat_parameters`.
+    ``block``, ``t``, the state ``y``, then :meth:`Potential._flat_parameters`.
     """
 
     @staticmethod
@@ -143,7 +143,7 @@ def ot_dynamics(
     def f(t: float, y: State) -> State:
         gd = gemm_dtype or y[0].dtype
         block = _potential._BLOCK if torch.is_grad_enabled() else _potential._EVAL_BLOCK_BYTES // gd.itemsize
-        return (_OTField.apply(d, h, gd, block, t, y[0], *potential.flat_parameters()),)
+        return (_OTField.apply(d, h, gd, block, t, y[0], *potential._flat_parameters()),)
 
     return f
 
