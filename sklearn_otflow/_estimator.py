@@ -680,7 +680,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         with torch.no_grad(), _thread_share() as rebalance:
             for start in range(0, X.shape[0], rows):
                 rebalance()
-                x = torch.as_tensor(X[start : start + rows], dtype=torch.float64, device=device)
+                # a copy: as_tensor would share a read-only X's memory, which torch warns about
+                x = torch.tensor(X[start : start + rows], dtype=torch.float64, device=device)
                 state = flow(potential, x if inverse else (x - mean) / scale, n_steps, inverse=inverse)
                 if inverse:
                     state = (state[0] * scale + mean, *state[1:])

@@ -442,7 +442,9 @@ class Potential(nn.Module):
         s = self._s(x, t).t()  # samples last throughout: s is (d + 1, n), every activation (m, n)
         gemm_dtype = gemm_dtype or x.dtype
         block = _BLOCK if torch.is_grad_enabled() else _EVAL_BLOCK_BYTES // gemm_dtype.itemsize
-        grad, trace = _GradTrace.apply(self.n_features, self.h, gemm_dtype, block, s, *self._flat_parameters())
+        grad, trace = _GradTrace.apply(
+            self.n_features, self.h, gemm_dtype, block, s, *self._flat_parameters()
+        )
         return grad.t(), trace
 
     def _flat_parameters(self) -> tuple[Tensor, ...]:
