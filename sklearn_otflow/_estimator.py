@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import numbers
 import threading
 import warnings
@@ -121,9 +122,14 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     max_epochs : int, default=250
         Maximum number of passes over the training data. On make_moons (8,000 rows) the default fit
         takes about 2.5 minutes on one core and was still improving at 150 epochs.
-    batch_size : int, default=256
-        Minibatch size. Small fits are bound by the cost per optimiser step more than by the rows per
-        batch: on make_moons, 150 epochs of 256 rows beat 100 epochs of 128 rows in less time.
+    batch_size : int or "auto", default="auto"
+        Minibatch size. ``"auto"`` is ``min(256, max(32, n_train // 20))`` rows, ``n_train`` the rows
+        left after the validation split (256 in ``partial_fit``): 256 rows from 5,120 training rows up,
+        and at least 20 optimiser steps per epoch below. On small data the number of steps limits the
+        fit: on 1,000 make_moons points 32-row batches scored -0.467 against -0.564 with 256 rows (in 78
+        against 17 seconds), on the 1,797 digits 64-row batches -46.07 against -46.57. On larger data a
+        step costs about the same for 128 or 256 rows at a few features, so 256 rows buy more data per
+        second.
     learning_rate : float, default=0.02
         Adam's initial learning rate, decayed by a cosine schedule over ``max_epochs``.
     early_stopping : bool, default=True
@@ -211,7 +217,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         "n_steps": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_steps_eval": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
@@ -237,7 +243,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         n_steps=8,
         n_steps_eval=None,
         max_epochs=250,
-        batch_size=256,
+        batch_size="auto",
         learning_rate=0.02,
         early_stopping=True,
         validation_fraction=0.1,
@@ -505,7 +511,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if not warm:
             self.mean_, self.scale_ = standardization(X, self.standardize)
         seed = self._seed()
-        net = copy.deepcopy(self.net_) if warm else self._build_net(seed)  # see _kept_on_failure
+        net = copy.deepcopy(self.net_) if warm else self._build_net(seed, len(X))  # see _kept_on_failure
         return self._train(net, X, seed, initialize=not warm)
 
     def _partial_fit(self, X, mean, scale):
@@ -519,7 +525,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         seed = self._seed()
         if first:
             self.mean_, self.scale_ = _given_standardization(X, mean, scale, self.standardize)
-            net = self._build_net(seed, streaming=True)
+            net = self._build_net(seed, len(X), streaming=True)
         else:
             net = copy.deepcopy(self.net_)  # see _kept_on_failure
             # a model from fit() continues without its validation split, early stopping and schedule,
@@ -575,7 +581,16 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     def _n_features_out(self):
         return self.n_features_in_
 
-    def _build_net(self, seed: int, streaming: bool = False) -> OTFlowNet:
+    def _batch_rows(self, n_samples: int, validate: bool | None) -> int:
+        """``batch_size``, with ``"auto"`` resolved for ``n_samples`` rows (see the class docstring)."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        if validate is None:  # a stream of unknown length
+            return 256
+        n_train = n_samples - math.ceil(self.validation_fraction * n_samples) if validate else n_samples
+        return min(256, max(32, n_train // 20))
+
+    def _build_net(self, seed: int, n_samples: int, streaming: bool = False) -> OTFlowNet:
         """skorch net for ``fit``; with ``streaming`` (``partial_fit``), one without validation split,
         early stopping or learning-rate schedule, since the stream's length is unknown."""
         device = torch.device(self.device)
@@ -631,7 +646,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             optimizer=torch.optim.Adam,
             lr=self.learning_rate,
             max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
+            batch_size=self._batch_rows(n_samples, None if streaming else validate),
             iterator_train__shuffle=True,
             iterator_train__generator=torch.Generator().manual_seed(seed),
             train_split=split,

@@ -307,6 +307,8 @@ def test_bad_n_samples(fitted, n_samples):
         (dict(n_steps=0), "n_steps"),
         (dict(dtype="float16"), "dtype"),
         (dict(validation_fraction=1.0), "validation_fraction"),
+        (dict(batch_size="big"), "batch_size"),
+        (dict(batch_size=0), "batch_size"),
     ],
 )
 def test_bad_parameters_raise(params, match):
@@ -372,3 +374,16 @@ def test_default_fit_does_not_collapse_to_the_gaussian():
     est = OTFlowDensity(max_epochs=20, random_state=0).fit(X)
     gaussian = multivariate_normal(X.mean(0), np.cov(X.T)).logpdf(X_test).mean()
     assert est.score(X_test) > gaussian + 0.5
+
+
+@pytest.mark.parametrize(
+    "n, early_stopping, rows",
+    [(100, True, 32), (1000, True, 45), (1000, False, 50), (6000, True, 256), (20000, True, 256)],
+)
+def test_auto_batch_size_gives_small_data_twenty_steps_per_epoch(n, early_stopping, rows):
+    """``"auto"``: min(256, max(32, n_train // 20)) rows, n_train after the validation split."""
+    X = np.random.default_rng(0).normal(size=(n, 2))
+    est = OTFlowDensity(hidden_width=4, n_steps=1, max_epochs=1, early_stopping=early_stopping)
+    est.fit(X)
+    assert est.net_.batch_size == rows
+    assert est.set_params(batch_size=7).fit(X[:50]).net_.batch_size == 7
