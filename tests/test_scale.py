@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 from sklearn.model_selection import GridSearchCV, KFold
+from skorch.callbacks import Callback
 
 import sklearn_otflow._estimator as estimator_module
 from sklearn_otflow import OTFlowDensity
@@ -197,3 +198,17 @@ def test_grid_search_on_a_dask_cluster_equals_the_local_one(gaussian_split):
     )
     assert on_dask.best_params_ == local.best_params_
     np.testing.assert_allclose(on_dask.score(X[600:]), local.score(X[600:]), rtol=1e-6)
+
+
+def test_small_training_runs_on_one_thread_and_restores_the_count():
+    """Steps bound by per-operation overhead train on one thread; evaluation keeps all of them."""
+    seen = []
+
+    class Record(Callback):
+        def on_epoch_begin(self, net, **kwargs):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    X = np.random.default_rng(0).normal(size=(300, 2))
+    OTFlowDensity(hidden_width=8, n_steps=2, max_epochs=2, callbacks=[Record()]).fit(X)
+    assert seen == [1, 1] and torch.get_num_threads() == before
