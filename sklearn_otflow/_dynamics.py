@@ -22,8 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from . import _potential
-from ._potential import Potential, grad_trace_backward, grad_trace_forward
+from ._potential import Potential, _block_entries, grad_trace_backward, grad_trace_forward
 
 __all__ = ["odeint_rk4", "flow"]
 
@@ -138,12 +137,11 @@ def ot_dynamics(
     Only ``x`` feeds back into the field, so the state is one tensor: every RK4 stage is one operation
     on it instead of four, and one autograd node (:class:`_OTField`).
     """
-    d, h = potential.n_features, potential.h
+    d, h, params = potential.n_features, potential.h, potential._flat_parameters()
 
     def f(t: float, y: State) -> State:
         gd = gemm_dtype or y[0].dtype
-        block = _potential._BLOCK if torch.is_grad_enabled() else _potential._EVAL_BLOCK_BYTES // gd.itemsize
-        return (_OTField.apply(d, h, gd, block, t, y[0], *potential._flat_parameters()),)
+        return (_OTField.apply(d, h, gd, _block_entries(gd), t, y[0], *params),)
 
     return f
 

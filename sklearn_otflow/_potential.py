@@ -23,7 +23,7 @@ second derivatives of :math:`\Phi`); that chain rule is written out too (:func:`
 so each call is one autograd node, and its backward recomputes the :math:`m \times d` Jacobian blocks
 instead of storing them. With one residual layer and one block of samples, :func:`_one_layer_forward`
 spells the same formulas out in fewer operations: at small :math:`d` a training step is bound by the
-number of operations, not their size (about 1.4 times the iterations per second on make_moons).
+number of operations, not their size (a make_moons step: 18.5 ms, against 29 ms with autograd's nodes).
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ _EVAL_BLOCK_BYTES = 1 << 20
 # Largest (m, d, n) block for which one residual layer takes _one_layer_forward, which keeps two such
 # blocks per RK4 stage for its backward (at most 64 MB over a float32 training step of 32 stages).
 _ONE_LAYER_BLOCK = 1 << 18
+
+
+def _block_entries(gemm_dtype: torch.dtype) -> int:
+    """Entries per (m, d, chunk) block: ``_BLOCK`` when autograd records (training), else 1 MiB."""
+    return _BLOCK if torch.is_grad_enabled() else _EVAL_BLOCK_BYTES // gemm_dtype.itemsize
 
 
 def _trace_forward(
@@ -441,7 +446,7 @@ class Potential(nn.Module):
         """
         s = self._s(x, t).t()  # samples last throughout: s is (d + 1, n), every activation (m, n)
         gemm_dtype = gemm_dtype or x.dtype
-        block = _BLOCK if torch.is_grad_enabled() else _EVAL_BLOCK_BYTES // gemm_dtype.itemsize
+        block = _block_entries(gemm_dtype)
         grad, trace = _GradTrace.apply(
             self.n_features, self.h, gemm_dtype, block, s, *self._flat_parameters()
         )
