@@ -26,7 +26,7 @@ from skorch.dataset import ValidSplit
 
 from ._dynamics import flow
 from ._loss import negative_log_likelihood
-from ._net import FiniteGuard, FlowModule, OTFlowLoss, OTFlowNet, TrainingDiverged
+from ._net import FiniteGuard, FlowModule, OTFlowLoss, OTFlowNet, TrainingDiverged, WeightAveraging
 from ._validation import check_input, standardization
 
 __all__ = ["OTFlowDensity"]
@@ -117,8 +117,13 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         cross-validated log-likelihood (``GridSearchCV``), never by the training objective.
     alpha_hjb : float, default=1.0
         Weight of the HJB residual penalty.
-    hidden_width : int, default=32
-        Width :math:`m` of the residual network.
+    hidden_width : int or "auto", default="auto"
+        Width :math:`m` of the residual network. ``"auto"`` is 32 for one or two features and 64 above.
+        At two features a step is bound by the number of tensor operations, so width 64 costs 1.6 times
+        the time and buys fewer epochs in a given time (make_moons, where the default fit is limited by
+        its iterations). On the 15-dimensional digits, 64 scored -45.21 against -45.99 with 32; on two
+        10-dimensional mixtures it gained 0.03 and 0.00 nats. The OT-Flow paper used 128 to 512 on
+        6 to 63 features: give a larger width for data with many features.
     n_layers : int, default=1
         Number of residual layers.
     rank : int, default=10
@@ -141,6 +146,13 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         second.
     learning_rate : float, default=0.02
         Adam's initial learning rate, decayed by a cosine schedule over ``max_epochs``.
+    ema_decay : float in [0, 1), default=0.995
+        Decay :math:`\beta` of the exponential moving average of the weights,
+        :math:`\bar\theta \leftarrow \beta\bar\theta + (1-\beta)\theta` after every optimiser step.
+        Validation, early stopping and the fitted model use the average; training updates the raw
+        weights. ``0`` turns averaging off. On the 1,797 digits (width 64, alpha 30) it raised the
+        held-out score by 0.1 and 0.3 nats for two seeds and made the validation curve smooth; on
+        make_moons it changed the score by less than 0.002 nats.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data, stop when its negative log-likelihood has not
         improved for ``n_iter_no_change`` epochs, and keep the best weights. The held-out likelihood
@@ -220,7 +232,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     _parameter_constraints: dict = {
         "alpha": [Interval(numbers.Real, 0, None, closed="neither")],
         "alpha_hjb": [Interval(numbers.Real, 0, None, closed="left")],
-        "hidden_width": [Interval(numbers.Integral, 1, None, closed="left")],
+        "hidden_width": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "n_layers": [Interval(numbers.Integral, 1, None, closed="left")],
         "rank": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_steps": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -228,6 +240,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "ema_decay": [Interval(numbers.Real, 0, 1, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -246,7 +259,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         *,
         alpha=100.0,
         alpha_hjb=1.0,
-        hidden_width=32,
+        hidden_width="auto",
         n_layers=1,
         rank=10,
         n_steps=8,
@@ -254,6 +267,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         max_epochs=250,
         batch_size="auto",
         learning_rate=0.02,
+        ema_decay=0.995,
         early_stopping=True,
         validation_fraction=0.1,
         n_iter_no_change=40,
@@ -276,6 +290,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.ema_decay = ema_decay
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -325,8 +340,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         :class:`~sklearn.preprocessing.StandardScaler` run over the whole stream), else this chunk's
         own. Later calls continue with both fixed; a model fitted by :meth:`fit` can be continued the
         same way. Each call is one pass over ``X`` in mini-batches of ``batch_size`` at the constant
-        ``learning_rate``, with no validation split, early stopping or learning-rate schedule: the
-        caller decides when the stream ends (``max_epochs`` and ``early_stopping`` are not used).
+        ``learning_rate``, with no validation split, early stopping, learning-rate schedule or weight
+        averaging: the caller decides when the stream ends (``max_epochs``, ``early_stopping`` and
+        ``ema_decay`` are not used).
 
         Parameters
         ----------
@@ -537,13 +553,20 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             net = self._build_net(seed, len(X), streaming=True)
         else:
             net = copy.deepcopy(self.net_)  # see _kept_on_failure
-            # a model from fit() continues without its validation split, early stopping and schedule,
-            # at the learning rate its schedule had annealed
+            # a model from fit() continues without its validation split, early stopping, schedule and
+            # weight averaging, at the initial learning rate
             names = dict(net.callbacks_)
-            off = {f"callbacks__{name}": None for name in ("early_stopping", "lr_schedule") if name in names}
+            built_in = ("early_stopping", "lr_schedule", "weight_averaging")
+            off = {f"callbacks__{name}": None for name in built_in if name in names}
             if off or net.train_split is not None:
                 net.set_params(train_split=None, lr=self.learning_rate, **off).initialize_callbacks()
         return self._train(net, X, seed, initialize=first, epochs=1)
+
+    def _width(self) -> int:
+        """``hidden_width``, with ``"auto"`` resolved for ``n_features_in_`` (see the class docstring)."""
+        if self.hidden_width != "auto":
+            return self.hidden_width
+        return 32 if self.n_features_in_ <= 2 else 64
 
     def _seed(self) -> int:
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -551,7 +574,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     def _train(self, net: OTFlowNet, X: np.ndarray, seed: int, initialize: bool, **fit_params):
         """Train ``net`` on rows ``X`` (caller's units) with skorch, then record the fitted attributes."""
         Xt = torch.as_tensor((X - self.mean_) / self.scale_, dtype=_DTYPES[self.dtype])
-        small = self.hidden_width * net.batch_size * (self.n_features_in_ + 1) <= _ONE_THREAD_WORK
+        small = self._width() * net.batch_size * (self.n_features_in_ + 1) <= _ONE_THREAD_WORK
         with _thread_share(cap=1 if small else None), torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             if initialize:
@@ -602,7 +625,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
 
     def _build_net(self, seed: int, n_samples: int, streaming: bool = False) -> OTFlowNet:
         """skorch net for ``fit``; with ``streaming`` (``partial_fit``), one without validation split,
-        early stopping or learning-rate schedule, since the stream's length is unknown."""
+        early stopping, learning-rate schedule or weight averaging, since the stream's length is unknown
+        (an average restarted at each call would hold every chunk back to its starting weights)."""
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} was requested, but torch finds no CUDA device.")
@@ -611,7 +635,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if (
             self.trace_precision == "auto"
             and self.dtype == "float32"
-            and self.hidden_width * d >= _BF16_MIN_BLOCK
+            and self._width() * d >= _BF16_MIN_BLOCK
         ):
             gemm_dtype = _fast_block_dtype(device)
         validate = self.early_stopping and not streaming
@@ -623,6 +647,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         callbacks = [(score.name, score) for score in scores]
         if not streaming:
             callbacks.append(("lr_schedule", LRScheduler("CosineAnnealingLR", T_max=self.max_epochs)))
+            if self.ema_decay > 0:  # before the callbacks that save weights at the end of an epoch
+                callbacks.append(("weight_averaging", WeightAveraging(self.ema_decay)))
         callbacks += [
             # clip only real spikes: typical norms grow with the loss weights, about 1-10 per unit weight
             ("grad_clip", GradientNormClipping(20.0 * (1.0 + self.alpha + self.alpha_hjb))),
@@ -643,7 +669,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         return OTFlowNet(
             FlowModule,
             module__n_features=d,
-            module__width=self.hidden_width,
+            module__width=self._width(),
             module__n_layers=self.n_layers,
             module__rank=self.rank,
             module__n_steps=self.n_steps,
@@ -699,7 +725,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         device = torch.device(self.net_.device)
         potential = copy.deepcopy(self.net_.module_.potential).to(device=device, dtype=torch.float64)
         n_steps = n_steps or self._eval_steps()
-        rows = _eval_rows(self.hidden_width)
+        rows = _eval_rows(potential.width)
         mean, scale = (torch.as_tensor(a, device=device) for a in (self.mean_, self.scale_))
         outs = None  # allocated once the first batch gives the shapes; filled in place
         with torch.no_grad(), _thread_share() as rebalance:

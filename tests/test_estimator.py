@@ -309,6 +309,8 @@ def test_bad_n_samples(fitted, n_samples):
         (dict(validation_fraction=1.0), "validation_fraction"),
         (dict(batch_size="big"), "batch_size"),
         (dict(batch_size=0), "batch_size"),
+        (dict(hidden_width="wide"), "hidden_width"),
+        (dict(ema_decay=1.0), "ema_decay"),
     ],
 )
 def test_bad_parameters_raise(params, match):
@@ -387,3 +389,62 @@ def test_auto_batch_size_gives_small_data_twenty_steps_per_epoch(n, early_stoppi
     est.fit(X)
     assert est.net_.batch_size == rows
     assert est.set_params(batch_size=7).fit(X[:50]).net_.batch_size == 7
+
+
+class _Record(Callback):
+    """The module's weights before and after each training step and at each validation batch."""
+
+    def initialize(self):
+        self.before, self.after, self.valid = [], [], []
+        return self
+
+    def _weights(self, net):
+        return torch.cat([p.detach().flatten().clone() for p in net.module_.parameters()])
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        (self.before if training else self.valid).append(self._weights(net))
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            self.after.append(self._weights(net))
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_weight_averaging_is_validated_and_kept_while_training_goes_on_raw(moons, early_stopping):
+    """ema_decay: the average of the weights after each step, with the warm-up min(decay, k/(k+9)),
+    is what validation sees and what the fit keeps; each step starts from the previous raw weights."""
+    record = _Record()
+    est = OTFlowDensity(
+        max_epochs=3, ema_decay=0.9, early_stopping=early_stopping, callbacks=[record], **SMALL
+    )
+    est.fit(moons)
+    average = record.after[0].clone()
+    for k, raw in enumerate(record.after[1:], start=2):
+        average.lerp_(raw, 1 - min(0.9, k / (k + 9)))
+    final = torch.cat([p.detach().flatten() for p in est.net_.module_.potential.parameters()])
+    if early_stopping:  # the best epoch's average; the last epoch's validation saw the last average
+        torch.testing.assert_close(record.valid[-1], average, rtol=0, atol=1e-6)
+        assert any(torch.allclose(final, w, rtol=0, atol=1e-6) for w in record.valid)
+    else:
+        torch.testing.assert_close(final, average, rtol=0, atol=1e-6)
+    # training continues from the raw weights, not from the average
+    for before, after in zip(record.before[1:], record.after[:-1]):
+        torch.testing.assert_close(before, after, rtol=0, atol=0)
+    assert not torch.allclose(average, record.after[-1], atol=1e-4)
+
+
+def test_without_weight_averaging_the_fit_keeps_the_last_raw_weights(moons):
+    record = _Record()
+    est = OTFlowDensity(max_epochs=2, ema_decay=0.0, early_stopping=False, callbacks=[record], **SMALL)
+    est.fit(moons)
+    final = torch.cat([p.detach().flatten() for p in est.net_.module_.potential.parameters()])
+    torch.testing.assert_close(final, record.after[-1], rtol=0, atol=0)
+    assert "weight_averaging" not in dict(est.net_.callbacks_)
+
+
+@pytest.mark.parametrize("d, width", [(1, 32), (2, 32), (3, 64), (15, 64)])
+def test_auto_hidden_width_is_32_up_to_two_features_and_64_above(d, width):
+    X = np.random.default_rng(0).normal(size=(60, d))
+    est = OTFlowDensity(n_steps=1, max_epochs=1, random_state=0).fit(X)
+    assert est.net_.module_.potential.width == width
+    assert est.set_params(hidden_width=5).fit(X).net_.module_.potential.width == 5

@@ -80,6 +80,8 @@ def test_partial_fit_continues_a_fitted_model(gaussian_split):
     est.partial_fit(X[:500])
     assert est.n_iter_ == 4
     assert est.net_.train_split is None
+    names = dict(est.net_.callbacks_)
+    assert not {"early_stopping", "lr_schedule", "weight_averaging"} & set(names)
     # the fit's cosine schedule had annealed the rate to 0: the stream trains at learning_rate again
     assert est.net_.optimizer_.param_groups[0]["lr"] == SMALL["learning_rate"]
     assert not np.allclose(est.score_samples(X_test), before)
