@@ -160,7 +160,8 @@ class WeightAveraging(Callback):
     @torch.no_grad()
     def _update(self, averages: list[Tensor], params: list[Tensor], n_averaged: Tensor) -> None:
         """AveragedModel's ``multi_avg_fn``: called from step ``k = n_averaged + 1`` on (step 1 copies)."""
-        beta = min(self.decay, (n_averaged.item() + 1) / (n_averaged.item() + 10))
+        k = n_averaged.item() + 1  # one read of the counter per step (a device sync on a GPU)
+        beta = min(self.decay, k / (k + 9))
         for average, param in zip(averages, params, strict=True):
             average.lerp_(param, 1.0 - beta)
 
