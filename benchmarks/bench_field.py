@@ -8,6 +8,8 @@ random_state=seed)``) and scored on the other 20 %. For each (dataset, method) t
 * where the true density :math:`p` is known (``benchmarks/_datasets.py``), the gap
   :math:`\overline{\log p(x_i) - \log q(x_i)}` (an estimate of :math:`\mathrm{KL}(p\,\|\,q)`) with the
   standard error of the paired differences, and a ``true density`` row: the same mean of :math:`\log p`;
+* the mean log-likelihood of the training rows, for the model and the truth: a model far above its
+  held-out score overfits, one that scores both alike and below the truth is biased;
 * the fit's wall time and CPU time of the process (grid searches included; on one thread the CPU time is
   what the fit costs on a core of its own, the wall time also counts what other processes took), and the
   rows per second (wall) of ``score_samples`` on the test rows and of ``sample`` (as many rows as the
@@ -182,6 +184,8 @@ def run_one(dataset, method: str, settings: Settings) -> dict:
     start = time.perf_counter()
     samples = draw(model, len(X_test), seed)
     sample_seconds = time.perf_counter() - start
+    # the same score on the rows it was fitted on: far above the held-out score is overfitting
+    train_score = float(np.mean(model.score_samples(X_train)))
     record = {
         "dataset": dataset.name,
         "method": label(method, settings),
@@ -190,7 +194,9 @@ def run_one(dataset, method: str, settings: Settings) -> dict:
         "d": X_train.shape[1],
         "mean_log_likelihood": float(np.mean(log_q)),
         "standard_error": standard_error(log_q),
+        "train_mean_log_likelihood": train_score,
         "true_mean_log_likelihood": None,
+        "true_train_mean_log_likelihood": None,
         "true_standard_error": None,
         "gap": None,
         "gap_standard_error": None,
@@ -206,6 +212,7 @@ def run_one(dataset, method: str, settings: Settings) -> dict:
         log_p = dataset.log_density(X_test)
         record.update(
             true_mean_log_likelihood=float(np.mean(log_p)),
+            true_train_mean_log_likelihood=float(np.mean(dataset.log_density(X_train))),
             true_standard_error=standard_error(log_p),
             gap=float(np.mean(log_p - log_q)),
             gap_standard_error=standard_error(log_p - log_q),
@@ -229,19 +236,25 @@ def seconds(value: float) -> str:
 def progress(r: dict) -> str:
     line = (
         f"{r['dataset']}, {r['method']}: {_pm(r['mean_log_likelihood'], r['standard_error'])} nats, "
-        f"gap {_pm(r['gap'], r['gap_standard_error'])}, fit {r['fit_seconds']:.1f} s "
+        f"gap {_pm(r['gap'], r['gap_standard_error'])}, {_train(r)} on training rows, "
+        f"fit {r['fit_seconds']:.1f} s "
         f"({r['fit_cpu_seconds']:.1f} s CPU), {r['details']}"
     )
     return line + (f"; warnings: {r['warnings']}" if r["warnings"] else "")
 
 
+def _train(r: dict, key: str = "train_mean_log_likelihood") -> str:
+    """The training rows' mean log-likelihood (runs saved before it was recorded: n/a)."""
+    return _pm(r.get(key), None)
+
+
 def markdown_table(records: Sequence[dict]) -> str:
     """One row per (dataset, method), datasets in the registry's order, a ``true density`` row first."""
     head = (
-        "| dataset | method | held-out mean log-lik (nats) | gap to truth (nats) | fit s, wall / CPU "
-        "| score rows/s | sample rows/s | chosen / stopped |"
+        "| dataset | method | held-out mean log-lik (nats) | gap to truth (nats) | training rows "
+        "| fit s, wall / CPU | score rows/s | sample rows/s | chosen / stopped |"
     )
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     order = {name: i for i, name in enumerate(METHODS)}
     for name in DATASETS:
         rows = [r for r in records if r["dataset"] == name]
@@ -251,13 +264,15 @@ def markdown_table(records: Sequence[dict]) -> str:
         truth = next((r for r in rows if r["true_mean_log_likelihood"] is not None), None)
         if truth is not None:
             mean = _pm(truth["true_mean_log_likelihood"], truth["true_standard_error"])
-            lines.append(f"| {name} | true density | {mean} | 0 | | | | |")
+            train = _train(truth, "true_train_mean_log_likelihood")
+            lines.append(f"| {name} | true density | {mean} | 0 | {train} | | | | |")
         for r in rows:
             cells = [
                 name,
                 r["method"],
                 _pm(r["mean_log_likelihood"], r["standard_error"]),
                 _pm(r["gap"], r["gap_standard_error"]),
+                _train(r),
                 f"{seconds(r['fit_seconds'])} / {seconds(r['fit_cpu_seconds'])}",
                 f"{r['score_rows_per_second']:,.0f}",
                 f"{r['sample_rows_per_second']:,.0f}",
