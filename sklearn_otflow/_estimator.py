@@ -362,7 +362,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         same way. Each call is one pass over ``X`` in mini-batches of ``batch_size`` at the constant
         ``learning_rate``, with no validation split, early stopping, learning-rate schedule or weight
         averaging: the caller decides when the stream ends (``max_epochs``, ``early_stopping`` and
-        ``ema_decay`` are not used).
+        ``ema_decay`` are not used). ``weight_decay`` applies as in :meth:`fit`.
 
         Parameters
         ----------

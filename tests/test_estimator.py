@@ -457,6 +457,7 @@ def test_auto_weight_decay_is_zero_up_to_two_features_and_0_1_above(d, decay):
     X = np.random.default_rng(0).normal(size=(60, d))
     est = OTFlowDensity(hidden_width=4, n_steps=1, max_epochs=1, random_state=0).fit(X)
     assert est.net_.optimizer_.param_groups[0]["weight_decay"] == decay
+    assert est.partial_fit(X).net_.optimizer_.param_groups[0]["weight_decay"] == decay
     est.set_params(weight_decay=0.05).fit(X)
     assert est.net_.optimizer_.param_groups[0]["weight_decay"] == 0.05
 
