@@ -26,7 +26,15 @@ from skorch.dataset import ValidSplit
 
 from ._dynamics import flow
 from ._loss import negative_log_likelihood
-from ._net import FiniteGuard, FlowModule, OTFlowLoss, OTFlowNet, TrainingDiverged, WeightAveraging
+from ._net import (
+    FiniteGuard,
+    FlowModule,
+    OTFlowLoss,
+    OTFlowNet,
+    TrainingDiverged,
+    WeightAveraging,
+    batch_loader,
+)
 from ._validation import check_input, standardization
 
 __all__ = ["OTFlowDensity"]
@@ -710,8 +718,12 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             lr=self.learning_rate,
             max_epochs=self.max_epochs,
             batch_size=self._batch_rows(n_samples, None if streaming else validate),
+            iterator_train=batch_loader,
             iterator_train__shuffle=True,
             iterator_train__generator=torch.Generator().manual_seed(seed),
+            # validation is evaluation: no gradients, so score's batches (fewer tensor operations)
+            iterator_valid=batch_loader,
+            iterator_valid__batch_size=_eval_rows(self._width()),
             train_split=split,
             callbacks=callbacks,
             predict_nonlinearity=None,

@@ -10,6 +10,8 @@ progress); this module only supplies what is specific to OT-Flow:
 - :class:`OTFlowLoss` turns that into :math:`J = \operatorname{mean}[L + \alpha C + \alpha_{hjb} R]`.
 - :class:`OTFlowNet` records the three parts per batch (``train_nll``, ``valid_nll``, ...), which
   :class:`skorch.callbacks.PassthroughScoring` turns into per-epoch history columns.
+- :func:`batch_loader` fetches each minibatch with one indexing of the rows, where torch's default
+  :class:`~torch.utils.data.DataLoader` fetches row by row and stacks them.
 - :class:`WeightAveraging` keeps an exponential moving average of the weights (torch's
   :class:`~torch.optim.swa_utils.AveragedModel`), :math:`\bar\theta \leftarrow \beta_k\bar\theta +
   (1-\beta_k)\theta` after optimiser step :math:`k`, and hands it to validation and to the fitted
@@ -26,12 +28,21 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from ._dynamics import flow
 from ._loss import Objective, weighted_objective
 from ._potential import Potential
 
-__all__ = ["FlowModule", "OTFlowLoss", "OTFlowNet", "TrainingDiverged", "FiniteGuard", "WeightAveraging"]
+__all__ = [
+    "FlowModule",
+    "OTFlowLoss",
+    "OTFlowNet",
+    "TrainingDiverged",
+    "FiniteGuard",
+    "WeightAveraging",
+    "batch_loader",
+]
 
 
 class FlowModule(nn.Module):
@@ -78,6 +89,31 @@ class OTFlowNet(NeuralNet):
         for name in ("nll", "transport", "hjb"):
             self.history.record_batch(f"{prefix}_{name}", getattr(out, name).item())
         return out.loss
+
+
+def batch_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+) -> DataLoader:
+    """skorch's ``iterator_train`` / ``iterator_valid``: minibatches fetched by one indexing each.
+
+    The same batches, in the same order for the same ``generator``, as
+    ``DataLoader(dataset, batch_size, shuffle=shuffle, generator=generator)``, which calls the dataset
+    once per row and stacks the rows: for a make_moons epoch (7,200 rows of 2 features) that took 35 ms
+    against 7 ms here, beside some 600 ms of training. skorch's datasets (and torch's ``Subset`` of
+    them, from the validation split) accept a list of row indices.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skorch.dataset import Dataset
+    >>> from sklearn_otflow._net import batch_loader
+    >>> [tuple(X.shape) for X, _ in batch_loader(Dataset(torch.zeros(10, 2), None), batch_size=4)]
+    [(4, 2), (4, 2), (2, 2)]
+    """
+    rows = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    batches = BatchSampler(rows, batch_size, drop_last=False)
+    # the generator also goes to the loader, which draws a base seed from it before the permutation
+    return DataLoader(dataset, batch_size=None, sampler=batches, generator=generator)
 
 
 class TrainingDiverged(RuntimeError):

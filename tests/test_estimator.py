@@ -18,8 +18,11 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback
+from skorch.dataset import Dataset
+from torch.utils.data import DataLoader, Subset
 
 from sklearn_otflow import OTFlowDensity
+from sklearn_otflow._net import batch_loader
 
 SMALL = dict(hidden_width=16, n_steps=4, batch_size=128, random_state=0)
 
@@ -391,6 +394,25 @@ def test_auto_batch_size_gives_small_data_twenty_steps_per_epoch(n, early_stoppi
     est.fit(X)
     assert est.net_.batch_size == rows
     assert est.set_params(batch_size=7).fit(X[:50]).net_.batch_size == 7
+
+
+def test_batch_loader_gives_a_shuffling_data_loaders_batches():
+    """One indexing per batch, but the rows, order and batches of ``DataLoader(shuffle=True)``."""
+    data = Subset(Dataset(torch.arange(40.0).view(20, 2), None), list(range(3, 20)))  # as ValidSplit's
+    ours = [X for X, _ in batch_loader(data, 5, shuffle=True, generator=torch.Generator().manual_seed(1))]
+    loader = DataLoader(data, 5, shuffle=True, generator=torch.Generator().manual_seed(1))
+    assert [tuple(X.shape) for X in ours] == [(5, 2), (5, 2), (5, 2), (2, 2)]
+    for X, (Y, _) in zip(ours, loader, strict=True):
+        torch.testing.assert_close(X, Y, rtol=0, atol=0)
+    assert torch.equal(torch.cat([X for X, _ in batch_loader(data, 5)]), data.dataset.X[3:])
+
+
+def test_validation_runs_in_evaluation_sized_batches(moons):
+    """Validation holds no gradients: its batches are score's (4,096 rows at width 32), not training's."""
+    est = OTFlowDensity(max_epochs=1, batch_size=16, hidden_width=32, n_steps=1).fit(moons)
+    batches = est.history_[-1]["batches"]
+    assert [b["valid_batch_size"] for b in batches if "valid_batch_size" in b] == [60]
+    assert {b["train_batch_size"] for b in batches if "train_batch_size" in b} == {16, 540 % 16}
 
 
 class _Record(Callback):
