@@ -49,7 +49,7 @@ def main() -> None:
     )
     print(
         f"rows: {args.rows}, d={args.features}, default model (width {est.net_.module_.potential.width}, "
-        f"{est.n_steps_eval or 2 * est.n_steps} RK4 steps, float64)"
+        f"{est.n_steps_eval_} RK4 steps, float64)"
     )
     print(f"score_samples: {seconds:.1f} s, {args.rows / seconds:,.0f} rows/s")
     print(

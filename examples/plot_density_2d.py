@@ -101,9 +101,7 @@ fig.tight_layout()
 # :func:`~sklearn_otflow.odeint_rk4` one step at a time keeps the intermediate positions. With the
 # evaluation's step count, the last position is exactly what ``transform`` returns.
 potential = copy.deepcopy(flow.net_.module_.potential).double()
-n_steps = (
-    flow.n_steps_eval or 2 * flow.n_steps
-)  # the evaluation's step count, as documented
+n_steps = flow.n_steps_eval_  # the evaluation's step count
 
 
 def velocity(t, state):

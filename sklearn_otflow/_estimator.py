@@ -61,6 +61,11 @@ _BF16_MIN_BLOCK = 4096
 # make_moons with n_steps=4 scored -0.02 at 8 evaluation steps, -2.02 at 64, where the mass was 1).
 _MAX_INTEGRATION_ERROR = 0.05
 
+# With n_steps_eval=None, a fitted flow that this tolerance does not resolve at 2 * n_steps is evaluated
+# with up to 2**3 times as many steps (see _resolve_eval_steps). Measured: make_moons with learning_rate
+# 0.04 (a warm-up, seed 0) scored -0.226 with 16 steps and -1.492 with 64.
+_MAX_EVAL_DOUBLINGS = 3
+
 # weight_decay="auto" above two features, where the fits measured were limited by overfitting (see the
 # class docstring and the benchmarks page).
 _AUTO_WEIGHT_DECAY = 0.1
@@ -143,8 +148,10 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     n_steps : int, default=8
         RK4 steps used in training.
     n_steps_eval : int or None, default=None
-        RK4 steps used by ``score_samples``, ``transform``, ``sample`` and the other evaluations; ``None``
-        means ``2 * n_steps``.
+        RK4 steps used by validation, ``score_samples``, ``transform``, ``sample`` and the other
+        evaluations. ``None`` means ``2 * n_steps``, doubled after training (up to 8 times as many) for
+        a fitted flow that this count does not resolve: one whose training rows' mean log-likelihood
+        moves by more than 0.05 nats with twice the steps, with a warning (``n_steps_eval_``).
     max_epochs : int, default=250
         Maximum number of passes over the training data. On make_moons (8,000 rows) the default fit
         was still improving at 150 epochs; 250 took 2.5 to 2.6 minutes on the 2-core benchmark machine.
@@ -181,8 +188,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data, stop when its negative log-likelihood has not
         improved for ``n_iter_no_change`` epochs, and keep the best weights. The held-out likelihood
-        is computed as ``score`` computes it (``n_steps_eval`` steps, exact trace), so a flow that
-        learns to exploit the training steps' discretization error is not mistaken for a better one.
+        is computed as ``score`` computes it (``n_steps_eval`` or ``2 * n_steps`` steps, exact
+        trace), so a flow that learns to exploit the training steps' discretization error is not
+        mistaken for a better one (unless it exploits these steps too: see ``n_steps_eval``).
     validation_fraction : float, default=0.1
         Fraction of the training data held out for early stopping.
     n_iter_no_change : int, default=40
@@ -200,7 +208,10 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks, run after the built-in ones.
     warm_start : bool, default=False
-        Continue training from the previous fit's weights and standardization.
+        Start ``fit`` from the previous fit's weights and standardization, with the current
+        parameters: a new optimiser, learning-rate schedule, weight average and early stopping, for up
+        to ``max_epochs`` epochs. The architecture (``hidden_width``, ``n_layers``, ``rank``) must be
+        unchanged.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, minibatch order and the validation split. An int gives
         bit-identical fits on the CPU; the global torch random state is left untouched.
@@ -225,10 +236,14 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Per-epoch records: ``train_loss``, ``train_nll``, ``train_transport``, ``train_hjb`` and, with
         early stopping, the same with the ``valid_`` prefix.
     n_iter_ : int
-        Number of epochs run (``fit``), or in total over the calls (``partial_fit``).
+        Number of epochs run by the last ``fit`` (also with ``warm_start``), plus those of the
+        ``partial_fit`` calls since.
+    n_steps_eval_ : int
+        RK4 steps that the evaluations use: ``n_steps_eval`` if given, else ``2 * n_steps``, or more
+        where that does not resolve the fitted flow (see ``n_steps_eval``).
     integration_error_ : float
-        Change of the mean log-likelihood of (up to 512 of) the training samples, in nats, when the
-        evaluation step count is doubled; above 0.05 a warning says to raise ``n_steps``.
+        Change of the mean log-likelihood of (up to 512 of) the training samples, in nats, from
+        ``n_steps_eval_`` steps to twice as many; above 0.05 a warning says that scores are unreliable.
 
     See Also
     --------
@@ -564,8 +579,23 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if not warm:
             self.mean_, self.scale_ = standardization(X, self.standardize)
         seed = self._seed()
-        net = copy.deepcopy(self.net_) if warm else self._build_net(seed, len(X))  # see _kept_on_failure
-        return self._train(net, X, seed, initialize=not warm)
+        # warm: a new net with the current parameters, starting from the fitted weights (the fitted net
+        # itself is left as it is, see _kept_on_failure)
+        start = self._warm_weights() if warm else None
+        return self._train(self._build_net(seed, len(X)), X, seed, initialize=True, start=start)
+
+    def _warm_weights(self) -> dict:
+        """The fitted potential's weights, for a warm start; the architecture must be unchanged."""
+        old = self.net_.module_.potential
+        rank = min(self.rank, self.n_features_in_ + 1)
+        if (old.width, old.n_layers, old.A.shape[0]) != (self._width(), self.n_layers, rank):
+            raise ValueError(
+                "warm_start=True continues the fitted network, which has hidden_width="
+                f"{old.width}, n_layers={old.n_layers} and rank={old.A.shape[0]}; the parameters now "
+                f"give hidden_width={self._width()}, n_layers={self.n_layers} and rank={rank}. Set "
+                "warm_start=False to fit a new network."
+            )
+        return old.state_dict()
 
     def _partial_fit(self, X, mean, scale):
         first = not hasattr(self, "net_")
@@ -605,14 +635,28 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     def _seed(self) -> int:
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
-    def _train(self, net: OTFlowNet, X: np.ndarray, seed: int, initialize: bool, **fit_params):
-        """Train ``net`` on rows ``X`` (caller's units) with skorch, then record the fitted attributes."""
+    def _train(
+        self,
+        net: OTFlowNet,
+        X: np.ndarray,
+        seed: int,
+        initialize: bool,
+        start: dict | None = None,
+        **fit_params,
+    ):
+        """Train ``net`` on rows ``X`` (caller's units) with skorch, then record the fitted attributes.
+
+        ``initialize`` builds the net's module, optimiser and callbacks first; ``start``, the potential's
+        weights to begin from instead of the random initialisation.
+        """
         Xt = torch.as_tensor((X - self.mean_) / self.scale_, dtype=_DTYPES[self.dtype])
         small = self._width() * net.batch_size * (self.n_features_in_ + 1) <= _ONE_THREAD_WORK
         with _thread_share(cap=1 if small else None), torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             if initialize:
                 net.initialize()
+                if start is not None:
+                    net.module_.potential.load_state_dict(start)
             try:
                 net.partial_fit(Xt, **fit_params)
             except TrainingDiverged as exc:
@@ -620,23 +664,47 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self.net_ = net
         self.history_ = net.history
         self.n_iter_ = len(net.history)
-        self.integration_error_ = self._integration_error(X[:512])
-        if self.integration_error_ > _MAX_INTEGRATION_ERROR:
+        self._resolve_eval_steps(X[:512])
+        if not self.integration_error_ <= _MAX_INTEGRATION_ERROR:  # also NaN
             warnings.warn(
-                f"RK4 with {self._eval_steps()} steps does not resolve the fitted flow: "
+                f"RK4 with {self.n_steps_eval_} steps does not resolve the fitted flow: "
                 f"the training data's mean log-likelihood moves by {self.integration_error_:.3g} nats "
                 "with twice the steps, so scores are unreliable. Increase n_steps or n_steps_eval.",
                 RuntimeWarning,
                 stacklevel=5,
             )
+        elif self.n_steps_eval_ > self._eval_steps():
+            warnings.warn(
+                f"RK4 with {self._eval_steps()} steps does not resolve the fitted flow, so scores, "
+                f"samples and transforms use {self.n_steps_eval_} (n_steps_eval_). Early stopping "
+                f"validated with {self._eval_steps()} and may have kept a flow that exploits their "
+                "integration error: try a smaller learning_rate or a larger n_steps.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
         return self
 
-    def _integration_error(self, X: np.ndarray) -> float:
-        """|mean log-likelihood of rows ``X`` with the evaluation steps - with twice as many|, in nats."""
+    def _resolve_eval_steps(self, X: np.ndarray) -> None:
+        """Set ``n_steps_eval_`` and ``integration_error_`` from rows ``X`` (see the class docstring).
+
+        From the evaluation step count, double while that moves the rows' mean log-likelihood by more
+        than ``_MAX_INTEGRATION_ERROR`` (``n_steps_eval=None`` only, up to ``_MAX_EVAL_DOUBLINGS``
+        times); ``integration_error_`` is the last change measured.
+        """
         steps = self._eval_steps()
-        return abs(self._model_log_prob(X, steps).mean() - self._model_log_prob(X, 2 * steps).mean())
+        log_p = self._model_log_prob(X, steps).mean()
+        for doubling in range(_MAX_EVAL_DOUBLINGS + 1):
+            finer = self._model_log_prob(X, 2 * steps).mean()
+            error = abs(log_p - finer)
+            if error <= _MAX_INTEGRATION_ERROR or self.n_steps_eval is not None:
+                break
+            if doubling == _MAX_EVAL_DOUBLINGS or not np.isfinite(finer):
+                break
+            steps, log_p = 2 * steps, finer
+        self.n_steps_eval_, self.integration_error_ = steps, float(error)
 
     def _eval_steps(self) -> int:
+        """The evaluation step count of the parameters: ``n_steps_eval``, or ``2 * n_steps``."""
         return self.n_steps_eval or 2 * self.n_steps
 
     def _model_log_prob(self, X: np.ndarray, n_steps: int | None = None) -> np.ndarray:
@@ -763,7 +831,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         # the net's device, not the parameter: skorch loads a CUDA-pickled net on the CPU where none exists
         device = torch.device(self.net_.device)
         potential = copy.deepcopy(self.net_.module_.potential).to(device=device, dtype=torch.float64)
-        n_steps = n_steps or self._eval_steps()
+        n_steps = n_steps or self.n_steps_eval_
         rows = _eval_rows(potential.width)
         mean, scale = (torch.as_tensor(a, device=device) for a in (self.mean_, self.scale_))
         outs = None  # allocated once the first batch gives the shapes; filled in place

@@ -107,6 +107,25 @@ def test_integration_error_is_measured_and_warned_about(fitted, moons, monkeypat
         OTFlowDensity(max_epochs=1, **SMALL).fit(moons)
 
 
+def test_a_flow_the_evaluation_steps_do_not_resolve_is_evaluated_with_more(moons):
+    """n_steps_eval=None: after training, 2 * n_steps is doubled while doubling moves the training rows'
+    mean log-likelihood by more than 0.05 nats, with a warning; scores then match a fine integration.
+    A given n_steps_eval is kept, with the warning that scores are unreliable."""
+    est = OTFlowDensity(max_epochs=2, **SMALL).fit(moons)
+    assert est.n_steps_eval_ == 8
+    with torch.no_grad():  # a stiff flow: 8 steps are 0.25 nats off, 16 within 0.03
+        est.net_.module_.potential.w.mul_(10.0)
+    retrain = dict(warm_start=True, max_epochs=1, learning_rate=1e-9)  # keeps the weights
+    with pytest.warns(RuntimeWarning, match=r"use 16 \(n_steps_eval_\)"):
+        est.set_params(**retrain).fit(moons)
+    assert est.n_steps_eval_ == 16 and est.integration_error_ <= 0.05
+    fine = est._model_log_prob(moons, 256) - np.log(est.scale_).sum()
+    np.testing.assert_allclose(est.score_samples(moons).mean(), fine.mean(), atol=0.05)
+    with pytest.warns(RuntimeWarning, match="scores are unreliable"):
+        est.set_params(n_steps_eval=8).fit(moons)
+    assert est.n_steps_eval_ == 8 and est.integration_error_ > 0.05
+
+
 def test_score_is_the_mean_log_likelihood(fitted, gaussian_data):
     assert fitted.score(gaussian_data[:100]) == pytest.approx(
         fitted.score_samples(gaussian_data[:100]).mean()
@@ -329,12 +348,27 @@ def test_float64_training_and_exact_trace(moons):
     assert np.isfinite(est.score(moons))
 
 
-def test_warm_start_continues_training(moons):
+def test_warm_start_continues_from_the_weights_with_the_current_parameters(moons):
+    """A warm fit starts from the fitted weights, with the parameters as they are now (as scikit-learn's
+    warm_start does): max_epochs, learning_rate and alpha set after the first fit take effect."""
     est = OTFlowDensity(max_epochs=2, warm_start=True, **SMALL).fit(moons)
-    first = est.net_
-    est.fit(moons)
-    # trained on a copy of the first net (a failed call keeps the model), continuing its history
-    assert est.net_ is not first and est.n_iter_ == 4 and len(est.net_.history) == 4
+    first, weights = est.net_, est.net_.module_.potential.state_dict()
+    est.set_params(max_epochs=3, learning_rate=0.005, alpha=30.0).fit(moons)
+    assert est.net_ is not first and est.n_iter_ == 3 and len(est.history_) == 3
+    assert est.net_.lr == 0.005 and est.net_.criterion_.alpha == 30.0
+    assert est.history_[0, "event_lr"] == pytest.approx(0.005)  # a new schedule, not the old one's end
+    # the first net is untouched (a failed call keeps the model), and the new one started from it
+    torch.testing.assert_close(first.module_.potential.state_dict(), weights, rtol=0, atol=0)
+    cold = OTFlowDensity(max_epochs=1, learning_rate=0.005, alpha=30.0, **SMALL).fit(moons)
+    assert est.history_[0, "train_nll"] < cold.history_[0, "train_nll"] - 0.1
+
+
+def test_warm_start_with_another_architecture_raises_and_keeps_the_model(moons):
+    est = OTFlowDensity(max_epochs=1, warm_start=True, **SMALL).fit(moons)
+    before = est.score_samples(moons[:20])
+    with pytest.raises(ValueError, match="hidden_width=16, n_layers=1 and rank=3; the parameters now give"):
+        est.set_params(hidden_width=8).fit(moons)
+    np.testing.assert_array_equal(est.set_params(hidden_width=16).score_samples(moons[:20]), before)
 
 
 def test_transform_in_a_pipeline_gaussianizes(moons):
