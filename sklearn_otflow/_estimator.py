@@ -385,7 +385,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         same way. Each call is one pass over ``X`` in mini-batches of ``batch_size`` at the constant
         ``learning_rate``, with no validation split, early stopping, learning-rate schedule or weight
         averaging: the caller decides when the stream ends (``max_epochs``, ``early_stopping`` and
-        ``ema_decay`` are not used). ``weight_decay`` applies as in :meth:`fit`.
+        ``ema_decay`` are not used). ``weight_decay`` applies as in :meth:`fit`. ``learning_rate``,
+        ``weight_decay``, ``batch_size``, ``alpha`` and ``alpha_hjb`` are read at every call, so a
+        stream can lower its learning rate as it goes; the optimiser's state carries over.
 
         Parameters
         ----------
@@ -617,8 +619,33 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             built_in = ("early_stopping", "lr_schedule", "weight_averaging")
             off = {f"callbacks__{name}": None for name in built_in if name in names}
             if off or net.train_split is not None:
-                net.set_params(train_split=None, lr=self.learning_rate, **off).initialize_callbacks()
+                net.set_params(train_split=None, **off).initialize_callbacks()
+            self._continue_with_current_parameters(net, len(X))
         return self._train(net, X, seed, initialize=first, epochs=1)
+
+    def _continue_with_current_parameters(self, net: OTFlowNet, n_samples: int) -> None:
+        """Apply the parameters that may change between ``partial_fit`` calls to a continued ``net``.
+
+        The learning rate, weight decay, batch size and loss weights, without re-creating the optimiser
+        (Adam's moments carry over from call to call): skorch's ``set_params`` updates ``lr`` and
+        ``optimizer__*`` in place, but would re-create the optimiser for a criterion parameter, so the
+        loss weights are set on the criterion directly.
+        """
+        net.set_params(
+            lr=self.learning_rate,
+            optimizer__weight_decay=self._weight_decay(),
+            batch_size=self._batch_rows(n_samples, None),
+        )
+        for name in ("alpha", "alpha_hjb"):
+            value = float(getattr(self, name))
+            setattr(net, f"criterion__{name}", value)  # as set_params records it, for a later re-build
+            setattr(net.criterion_, name, value)
+        dict(net.callbacks_)["grad_clip"].gradient_clip_value = self._clip_norm()
+
+    def _clip_norm(self) -> float:
+        """Gradient-norm clipping threshold: only real spikes; typical norms grow with the loss weights,
+        about 1-10 per unit weight."""
+        return 20.0 * (1.0 + self.alpha + self.alpha_hjb)
 
     def _width(self) -> int:
         """``hidden_width``, with ``"auto"`` resolved for ``n_features_in_`` (see the class docstring)."""
@@ -752,8 +779,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             if self.ema_decay > 0:  # before the callbacks that save weights at the end of an epoch
                 callbacks.append(("weight_averaging", WeightAveraging(self.ema_decay)))
         callbacks += [
-            # clip only real spikes: typical norms grow with the loss weights, about 1-10 per unit weight
-            ("grad_clip", GradientNormClipping(20.0 * (1.0 + self.alpha + self.alpha_hjb))),
+            ("grad_clip", GradientNormClipping(self._clip_norm())),
             ("finite_guard", FiniteGuard()),
         ]
         if validate:

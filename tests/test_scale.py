@@ -87,6 +87,22 @@ def test_partial_fit_continues_a_fitted_model(gaussian_split):
     assert not np.allclose(est.score_samples(X_test), before)
 
 
+def test_partial_fit_reads_the_current_parameters_and_keeps_the_optimiser_state(gaussian_split):
+    """learning_rate, weight_decay, batch_size, alpha and alpha_hjb changed between calls take effect;
+    Adam's moments carry over (its step count goes on instead of restarting)."""
+    X, _ = gaussian_split
+    est = OTFlowDensity(**SMALL).partial_fit(X[:512])  # 4 steps of 128 rows
+    est.set_params(learning_rate=0.002, weight_decay=0.3, batch_size=64, alpha=20.0, alpha_hjb=2.0)
+    est.partial_fit(X[:512])  # 8 steps of 64 rows
+    net = est.net_
+    group = net.optimizer_.param_groups[0]
+    assert (group["lr"], group["weight_decay"], net.batch_size) == (0.002, 0.3, 64)
+    assert (net.criterion_.alpha, net.criterion_.alpha_hjb) == (20.0, 2.0)
+    assert (net.criterion__alpha, net.criterion__alpha_hjb) == (20.0, 2.0)
+    assert dict(net.callbacks_)["grad_clip"].gradient_clip_value == 20.0 * (1 + 20.0 + 2.0)
+    assert {int(state["step"]) for state in net.optimizer_.state.values()} == {12}
+
+
 def test_a_failed_partial_fit_keeps_the_model(streamed, gaussian_split):
     _, X_test = gaussian_split
     before = streamed.score_samples(X_test)
