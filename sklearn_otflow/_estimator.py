@@ -35,6 +35,7 @@ from ._net import (
     WeightAveraging,
     batch_loader,
 )
+from ._potential import Potential
 from ._validation import check_input, standardization
 
 __all__ = ["OTFlowDensity"]
@@ -583,21 +584,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         seed = self._seed()
         # warm: a new net with the current parameters, starting from the fitted weights (the fitted net
         # itself is left as it is, see _kept_on_failure)
-        start = self._warm_weights() if warm else None
+        start = self.net_.module_.potential if warm else None
         return self._train(self._build_net(seed, len(X)), X, seed, initialize=True, start=start)
-
-    def _warm_weights(self) -> dict:
-        """The fitted potential's weights, for a warm start; the architecture must be unchanged."""
-        old = self.net_.module_.potential
-        rank = min(self.rank, self.n_features_in_ + 1)
-        if (old.width, old.n_layers, old.A.shape[0]) != (self._width(), self.n_layers, rank):
-            raise ValueError(
-                "warm_start=True continues the fitted network, which has hidden_width="
-                f"{old.width}, n_layers={old.n_layers} and rank={old.A.shape[0]}; the parameters now "
-                f"give hidden_width={self._width()}, n_layers={self.n_layers} and rank={rank}. Set "
-                "warm_start=False to fit a new network."
-            )
-        return old.state_dict()
 
     def _partial_fit(self, X, mean, scale):
         first = not hasattr(self, "net_")
@@ -668,13 +656,13 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         X: np.ndarray,
         seed: int,
         initialize: bool,
-        start: dict | None = None,
+        start: Potential | None = None,
         **fit_params,
     ):
         """Train ``net`` on rows ``X`` (caller's units) with skorch, then record the fitted attributes.
 
-        ``initialize`` builds the net's module, optimiser and callbacks first; ``start``, the potential's
-        weights to begin from instead of the random initialisation.
+        ``initialize`` builds the net's module, optimiser and callbacks first; ``start``, a potential of
+        the same architecture whose weights to begin from instead of the random initialisation.
         """
         Xt = torch.as_tensor((X - self.mean_) / self.scale_, dtype=_DTYPES[self.dtype])
         small = self._width() * net.batch_size * (self.n_features_in_ + 1) <= _ONE_THREAD_WORK
@@ -683,7 +671,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             if initialize:
                 net.initialize()
                 if start is not None:
-                    net.module_.potential.load_state_dict(start)
+                    _load_weights(net.module_.potential, start)
             try:
                 net.partial_fit(Xt, **fit_params)
             except TrainingDiverged as exc:
@@ -719,13 +707,12 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         times); ``integration_error_`` is the last change measured.
         """
         steps = self._eval_steps()
+        limit = _MAX_EVAL_DOUBLINGS if self.n_steps_eval is None else 0
         log_p = self._model_log_prob(X, steps).mean()
-        for doubling in range(_MAX_EVAL_DOUBLINGS + 1):
+        for doubling in range(limit + 1):
             finer = self._model_log_prob(X, 2 * steps).mean()
             error = abs(log_p - finer)
-            if error <= _MAX_INTEGRATION_ERROR or self.n_steps_eval is not None:
-                break
-            if doubling == _MAX_EVAL_DOUBLINGS or not np.isfinite(finer):
+            if error <= _MAX_INTEGRATION_ERROR or doubling == limit or not np.isfinite(finer):
                 break
             steps, log_p = 2 * steps, finer
         self.n_steps_eval_, self.integration_error_ = steps, float(error)
@@ -898,6 +885,18 @@ def _kept_on_failure(estimator: OTFlowDensity):
         vars(estimator).clear()
         vars(estimator).update(previous)
         raise
+
+
+def _load_weights(new: Potential, old: Potential) -> None:
+    """Start ``new`` from ``old``'s weights (a warm start); their architectures must be the same."""
+    sizes = [(p.width, p.n_layers, p.A.shape[0]) for p in (old, new)]
+    if sizes[0] != sizes[1]:
+        raise ValueError(
+            "warm_start=True continues the fitted network, which has hidden_width={}, n_layers={} and "
+            "rank={}; the parameters now give hidden_width={}, n_layers={} and rank={}. Set "
+            "warm_start=False to fit a new network.".format(*sizes[0], *sizes[1])
+        )
+    new.load_state_dict(old.state_dict())
 
 
 def _eval_rows(width: int) -> int:
