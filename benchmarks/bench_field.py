@@ -150,6 +150,8 @@ def describe(estimator) -> str:
         text = f"{estimator.n_iter_} epochs, {stopped}"
         if estimator.early_stopping:
             text += f", best epoch {int(np.argmin(estimator.history_[:, 'valid_nll'])) + 1}"
+        if estimator.n_steps_ != estimator.n_steps:
+            text += f", training steps {estimator.n_steps} -> {estimator.n_steps_}"
         return text + f", integration error {estimator.integration_error_:.3g}"
     if hasattr(estimator, "stopped_by_"):
         return f"{estimator.n_iter_} epochs, stopped by {estimator.stopped_by_}"

@@ -31,6 +31,7 @@ from ._net import (
     FlowModule,
     OTFlowLoss,
     OTFlowNet,
+    StepRefinement,
     TrainingDiverged,
     WeightAveraging,
     batch_loader,
@@ -62,10 +63,17 @@ _BF16_MIN_BLOCK = 4096
 # make_moons with n_steps=4 scored -0.02 at 8 evaluation steps, -2.02 at 64, where the mass was 1).
 _MAX_INTEGRATION_ERROR = 0.05
 
-# With n_steps_eval=None, a fitted flow that this tolerance does not resolve at 2 * n_steps is evaluated
+# With n_steps_eval=None, a fitted flow that this tolerance does not resolve at 2 * n_steps_ is evaluated
 # with up to 2**3 times as many steps (see _resolve_eval_steps). Measured: make_moons with learning_rate
 # 0.04 (a warm-up, seed 0) scored -0.226 with 16 steps and -1.492 with 64.
 _MAX_EVAL_DOUBLINGS = 3
+
+# Training step refinement (see StepRefinement): the largest change of a training-row probe's mean NLL,
+# in nats, from n_steps to twice as many before training goes on with 1.5 times the steps, and how many
+# times per fit. Default fits measured far below it (integration errors 1e-8 to 1e-5 nats at 16 steps);
+# a make_moons fit that began exploiting its 8 steps crossed it after epoch 51 (docs: benchmarks).
+_STEP_TOLERANCE = 0.01
+_MAX_STEP_REFINEMENTS = 2
 
 # weight_decay="auto" above two features, where the fits measured were limited by overfitting (see the
 # class docstring and the benchmarks page).
@@ -147,10 +155,14 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     rank : int, default=10
         Rank of the quadratic part (capped at ``n_features + 1``).
     n_steps : int, default=8
-        RK4 steps used in training.
+        RK4 steps used in training, to start with. After each epoch of ``fit``, up to 128 training
+        rows are integrated with this count and twice it; where their mean log-likelihood differs by
+        more than 0.01 nats, the flow has begun to exploit the steps' integration error (its training
+        loss falls while its true likelihood does not), and training goes on with 1.5 times the steps,
+        at most twice per fit (8, 12, 18 steps). ``n_steps_`` is the count training ended with.
     n_steps_eval : int or None, default=None
         RK4 steps used by validation, ``score_samples``, ``transform``, ``sample`` and the other
-        evaluations. ``None`` means ``2 * n_steps``, doubled after training (up to 8 times as many) for
+        evaluations. ``None`` means ``2 * n_steps_``, doubled after training (up to 8 times as many) for
         a fitted flow that this count does not resolve: one whose training rows' mean log-likelihood
         moves by more than 0.05 nats with twice the steps, with a warning (``n_steps_eval_``).
     max_epochs : int, default=250
@@ -189,7 +201,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data, stop when its negative log-likelihood has not
         improved for ``n_iter_no_change`` epochs, and keep the best weights. The held-out likelihood
-        is computed as ``score`` computes it (``n_steps_eval`` or ``2 * n_steps`` steps, exact
+        is computed as ``score`` computes it (``n_steps_eval`` or twice the training steps, exact
         trace), so a flow that learns to exploit the training steps' discretization error is not
         mistaken for a better one (unless it exploits these steps too: see ``n_steps_eval``).
     validation_fraction : float, default=0.1
@@ -234,13 +246,17 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     net_ : skorch.NeuralNet
         The trained skorch net; ``net_.module_.potential`` is the potential :math:`\Phi`.
     history_ : skorch.History
-        Per-epoch records: ``train_loss``, ``train_nll``, ``train_transport``, ``train_hjb`` and, with
-        early stopping, the same with the ``valid_`` prefix.
+        Per-epoch records: ``train_loss``, ``train_nll``, ``train_transport``, ``train_hjb``, the
+        training ``n_steps`` (``fit`` only) and, with early stopping, the losses with the ``valid_``
+        prefix.
     n_iter_ : int
         Number of epochs run by the last ``fit`` (also with ``warm_start``), plus those of the
         ``partial_fit`` calls since.
+    n_steps_ : int
+        RK4 steps that training ended with: ``n_steps``, or more where the flow began to exploit their
+        integration error (see ``n_steps``; the history's ``n_steps`` column gives each epoch's).
     n_steps_eval_ : int
-        RK4 steps that the evaluations use: ``n_steps_eval`` if given, else ``2 * n_steps``, or more
+        RK4 steps that the evaluations use: ``n_steps_eval`` if given, else ``2 * n_steps_``, or more
         where that does not resolve the fitted flow (see ``n_steps_eval``).
     integration_error_ : float
         Change of the mean log-likelihood of (up to 512 of) the training samples, in nats, from
@@ -582,10 +598,13 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if not warm:
             self.mean_, self.scale_ = standardization(X, self.standardize)
         seed = self._seed()
-        # warm: a new net with the current parameters, starting from the fitted weights (the fitted net
-        # itself is left as it is, see _kept_on_failure)
+        # warm: a new net with the current parameters, starting from the fitted weights (the fitted
+        # net itself is left as it is, see _kept_on_failure) and at least the steps they ended with
         start = self.net_.module_.potential if warm else None
-        return self._train(self._build_net(seed, len(X)), X, seed, initialize=True, start=start)
+        steps = max(self.n_steps, getattr(self, "n_steps_", 0)) if warm else self.n_steps
+        return self._train(
+            self._build_net(seed, len(X), n_steps=steps), X, seed, initialize=True, start=start
+        )
 
     def _partial_fit(self, X, mean, scale):
         first = not hasattr(self, "net_")
@@ -604,7 +623,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             # a model from fit() continues without its validation split, early stopping, schedule and
             # weight averaging, at the initial learning rate
             names = dict(net.callbacks_)
-            built_in = ("early_stopping", "lr_schedule", "weight_averaging")
+            built_in = ("early_stopping", "lr_schedule", "weight_averaging", "step_refinement")
             off = {f"callbacks__{name}": None for name in built_in if name in names}
             if off or net.train_split is not None:
                 net.set_params(train_split=None, **off).initialize_callbacks()
@@ -679,6 +698,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self.net_ = net
         self.history_ = net.history
         self.n_iter_ = len(net.history)
+        self.n_steps_ = net.module_.n_steps
         self._resolve_eval_steps(X[:512])
         if not self.integration_error_ <= _MAX_INTEGRATION_ERROR:  # also NaN
             warnings.warn(
@@ -688,11 +708,12 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
                 RuntimeWarning,
                 stacklevel=5,
             )
-        elif self.n_steps_eval_ > self._eval_steps():
+        elif self.n_steps_eval_ > self._eval_steps(self.n_steps_):
+            steps = self._eval_steps(self.n_steps_)
             warnings.warn(
-                f"RK4 with {self._eval_steps()} steps does not resolve the fitted flow, so scores, "
+                f"RK4 with {steps} steps does not resolve the fitted flow, so scores, "
                 f"samples and transforms use {self.n_steps_eval_} (n_steps_eval_). Early stopping "
-                f"validated with {self._eval_steps()} and may have kept a flow that exploits their "
+                f"validated with {steps} and may have kept a flow that exploits their "
                 "integration error: try a smaller learning_rate or a larger n_steps.",
                 RuntimeWarning,
                 stacklevel=5,
@@ -706,7 +727,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         than ``_MAX_INTEGRATION_ERROR`` (``n_steps_eval=None`` only, up to ``_MAX_EVAL_DOUBLINGS``
         times); ``integration_error_`` is the last change measured.
         """
-        steps = self._eval_steps()
+        steps = self._eval_steps(self.n_steps_)
         limit = _MAX_EVAL_DOUBLINGS if self.n_steps_eval is None else 0
         log_p = self._model_log_prob(X, steps).mean()
         for doubling in range(limit + 1):
@@ -717,9 +738,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             steps, log_p = 2 * steps, finer
         self.n_steps_eval_, self.integration_error_ = steps, float(error)
 
-    def _eval_steps(self) -> int:
-        """The evaluation step count of the parameters: ``n_steps_eval``, or ``2 * n_steps``."""
-        return self.n_steps_eval or 2 * self.n_steps
+    def _eval_steps(self, n_steps: int) -> int:
+        """The evaluation step count for training with ``n_steps``: ``n_steps_eval``, or twice it."""
+        return self.n_steps_eval or 2 * n_steps
 
     def _model_log_prob(self, X: np.ndarray, n_steps: int | None = None) -> np.ndarray:
         """Log-density of rows ``X`` (caller's units) in the model's standardized coordinates."""
@@ -739,10 +760,14 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         n_train = n_samples - math.ceil(self.validation_fraction * n_samples) if validate else n_samples
         return min(256, max(32, n_train // 20))
 
-    def _build_net(self, seed: int, n_samples: int, streaming: bool = False) -> OTFlowNet:
-        """skorch net for ``fit``; with ``streaming`` (``partial_fit``), one without validation split,
-        early stopping, learning-rate schedule or weight averaging, since the stream's length is unknown
-        (an average restarted at each call would hold every chunk back to its starting weights)."""
+    def _build_net(
+        self, seed: int, n_samples: int, streaming: bool = False, n_steps: int | None = None
+    ) -> OTFlowNet:
+        """skorch net for ``fit``, training with ``n_steps`` (default: the parameter) to start with;
+        with ``streaming`` (``partial_fit``), one without validation split, early stopping,
+        learning-rate schedule, weight averaging or step refinement, since the stream's length is
+        unknown (an average restarted at each call would hold every chunk back to its starting weights)."""
+        n_steps = n_steps or self.n_steps
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} was requested, but torch finds no CUDA device.")
@@ -765,6 +790,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             callbacks.append(("lr_schedule", LRScheduler("CosineAnnealingLR", T_max=self.max_epochs)))
             if self.ema_decay > 0:  # before the callbacks that save weights at the end of an epoch
                 callbacks.append(("weight_averaging", WeightAveraging(self.ema_decay)))
+            # after the averaging: probes the weights that validation and the fitted model use
+            refine = StepRefinement(_STEP_TOLERANCE, _MAX_STEP_REFINEMENTS, self.n_steps_eval is None)
+            callbacks.append(("step_refinement", refine))
         callbacks += [
             ("grad_clip", GradientNormClipping(self._clip_norm())),
             ("finite_guard", FiniteGuard()),
@@ -787,8 +815,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             module__width=self._width(),
             module__n_layers=self.n_layers,
             module__rank=self.rank,
-            module__n_steps=self.n_steps,
-            module__n_steps_eval=self._eval_steps(),
+            module__n_steps=n_steps,
+            module__n_steps_eval=self._eval_steps(n_steps),
             module__dtype=_DTYPES[self.dtype],
             module__gemm_dtype=gemm_dtype,
             criterion=OTFlowLoss,

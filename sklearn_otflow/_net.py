@@ -16,6 +16,8 @@ progress); this module only supplies what is specific to OT-Flow:
   :class:`~torch.optim.swa_utils.AveragedModel`), :math:`\bar\theta \leftarrow \beta_k\bar\theta +
   (1-\beta_k)\theta` after optimiser step :math:`k`, and hands it to validation and to the fitted
   model.
+- :class:`StepRefinement` gives training more RK4 steps once the flow starts to exploit the
+  discretization error of the ones it has.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from ._dynamics import flow
-from ._loss import Objective, weighted_objective
+from ._loss import Objective, negative_log_likelihood, weighted_objective
 from ._potential import Potential
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "TrainingDiverged",
     "FiniteGuard",
     "WeightAveraging",
+    "StepRefinement",
     "batch_loader",
 ]
 
@@ -205,6 +208,65 @@ class WeightAveraging(Callback):
         if self.raw_ is None and self.average_.n_averaged.item() > 0:
             self.raw_ = [p.detach().clone() for p in net.module_.parameters()]
             _copy(net.module_.parameters(), list(self.average_.module.parameters()))
+
+
+class StepRefinement(Callback):
+    r"""After each epoch, more RK4 steps for training where the flow has begun to exploit its steps.
+
+    Training minimises the loss of an :math:`n`-step RK4 integration, and a flow can lower that loss by
+    growing stiff where :math:`n` steps underestimate its negative log-likelihood, instead of fitting the
+    data better. Measured on make_moons (one seed, 8 steps): from epoch 50 on the training NLL fell while
+    the validation NLL rose; by epoch 77 the raw weights' NLL was 0.80 nats with 8 steps and 2.65 with
+    64 (standardized units), and early stopping had kept epoch 54's flow, which scored -0.384. At the
+    end of every epoch this callback integrates a fixed probe of training rows with :math:`n` and
+    :math:`2n` steps (the module's weights, without gradients); when their mean NLLs differ by more
+    than ``tolerance`` nats, training continues with :math:`\lceil 1.5\,n \rceil` steps (and, where
+    the evaluation count follows the training one, validation with twice that), at most
+    ``max_refinements`` times. The same seed then scored -0.331, in 311 s instead of 162 (the extra
+    steps cost time). The history records each epoch's ``n_steps``.
+
+    Parameters
+    ----------
+    tolerance : float
+        Largest change of the probe's mean NLL, in nats, from :math:`n` to :math:`2n` steps.
+    max_refinements : int
+        Most times the step count grows in one training run.
+    eval_follows : bool
+        Set the module's evaluation (validation) step count to twice the new training count.
+    probe_rows : int
+        Training rows in the probe, evenly strided over the data.
+    """
+
+    def __init__(
+        self, tolerance: float, max_refinements: int, eval_follows: bool, probe_rows: int = 128
+    ) -> None:
+        self.tolerance, self.max_refinements = tolerance, max_refinements
+        self.eval_follows, self.probe_rows = eval_follows, probe_rows
+
+    def initialize(self):
+        self.probe_, self.refinements_ = None, 0
+        return self
+
+    def on_train_begin(self, net, X=None, **kwargs):
+        stride = max(1, len(X) // self.probe_rows)
+        self.probe_ = torch.as_tensor(X[::stride][: self.probe_rows], device=net.device)
+        self.refinements_ = 0
+
+    def on_epoch_end(self, net, **kwargs):
+        module = net.module_
+        n = module.n_steps
+        if self.refinements_ < self.max_refinements:
+            with torch.no_grad():
+                coarse, fine = (
+                    negative_log_likelihood(*flow(module.potential, self.probe_, steps)[:2]).mean().item()
+                    for steps in (n, 2 * n)
+                )
+            if not abs(coarse - fine) <= self.tolerance:  # also NaN: FiniteGuard deals with that
+                module.n_steps = math.ceil(1.5 * n)
+                if self.eval_follows:
+                    module.n_steps_eval = max(module.n_steps_eval, 2 * module.n_steps)
+                self.refinements_ += 1
+        net.history.record("n_steps", n)
 
 
 @torch.no_grad()

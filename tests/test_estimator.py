@@ -19,10 +19,11 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback
 from skorch.dataset import Dataset
+from skorch.history import History
 from torch.utils.data import DataLoader, Subset
 
 from sklearn_otflow import OTFlowDensity
-from sklearn_otflow._net import batch_loader
+from sklearn_otflow._net import FlowModule, StepRefinement, batch_loader
 
 SMALL = dict(hidden_width=16, n_steps=4, batch_size=128, random_state=0)
 
@@ -107,10 +108,14 @@ def test_integration_error_is_measured_and_warned_about(fitted, moons, monkeypat
         OTFlowDensity(max_epochs=1, **SMALL).fit(moons)
 
 
-def test_a_flow_the_evaluation_steps_do_not_resolve_is_evaluated_with_more(moons):
-    """n_steps_eval=None: after training, 2 * n_steps is doubled while doubling moves the training rows'
-    mean log-likelihood by more than 0.05 nats, with a warning; scores then match a fine integration.
-    A given n_steps_eval is kept, with the warning that scores are unreliable."""
+def test_a_flow_the_evaluation_steps_do_not_resolve_is_evaluated_with_more(moons, monkeypatch):
+    """n_steps_eval=None: after training, 2 * n_steps_ is doubled while doubling moves the training
+    rows' mean log-likelihood by more than 0.05 nats, with a warning; scores then match a fine
+    integration. A given n_steps_eval is kept, with the warning that scores are unreliable. (Training's
+    step refinement, which would resolve this flow first, is switched off.)"""
+    from sklearn_otflow import _estimator
+
+    monkeypatch.setattr(_estimator, "_MAX_STEP_REFINEMENTS", 0)
     est = OTFlowDensity(max_epochs=2, **SMALL).fit(moons)
     assert est.n_steps_eval_ == 8
     with torch.no_grad():  # a stiff flow: 8 steps are 0.1 nats off, 16 within 0.01
@@ -124,6 +129,57 @@ def test_a_flow_the_evaluation_steps_do_not_resolve_is_evaluated_with_more(moons
     with pytest.warns(RuntimeWarning, match="scores are unreliable"):
         est.set_params(n_steps_eval=8).fit(moons)
     assert est.n_steps_eval_ == 8 and est.integration_error_ > 0.05
+
+
+def test_step_refinement_adds_steps_where_the_flow_outruns_them(moons):
+    """After an epoch, 1.5 times the training steps (and twice that for validation, if it follows) when
+    n and 2n steps disagree on a probe's mean NLL by more than the tolerance; at most max_refinements
+    times; a smooth flow keeps its steps. Each epoch's count goes to the history."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    X = torch.as_tensor((moons - moons.mean(0)) / moons.std(0), dtype=torch.float32)
+
+    def epochs(module, n_epochs, eval_follows=True):
+        net = SimpleNamespace(module_=module, history=History(), device="cpu")
+        refine = StepRefinement(0.01, 2, eval_follows).initialize()
+        refine.on_train_begin(net, X=X)
+        assert refine.probe_.shape == (128, 2)  # strided over all rows
+        for _ in range(n_epochs):
+            net.history.new_epoch()
+            refine.on_epoch_end(net)
+        return [row["n_steps"] for row in net.history]
+
+    smooth = FlowModule(2, 16, 1, 10, n_steps=8, n_steps_eval=16)  # w = 0: a linear flow
+    assert epochs(smooth, 2) == [8, 8] and (smooth.n_steps, smooth.n_steps_eval) == (8, 16)
+
+    stiff = FlowModule(2, 16, 1, 10, n_steps=2, n_steps_eval=4)
+    with torch.no_grad():
+        stiff.potential.w.normal_(0.0, 3.0)
+    assert epochs(stiff, 4) == [2, 3, 5, 5]  # ceil(1.5 n), twice at most
+    assert (stiff.n_steps, stiff.n_steps_eval) == (5, 10)
+    given = FlowModule(2, 16, 1, 10, n_steps=2, n_steps_eval=7)
+    given.load_state_dict(stiff.state_dict())
+    assert epochs(given, 1, eval_follows=False) == [2] and (given.n_steps, given.n_steps_eval) == (3, 7)
+
+
+def test_fit_refines_its_steps_and_evaluates_with_twice_the_final_count(moons, monkeypatch):
+    """With a tolerance no flow meets, every epoch refines until the cap: n_steps_ is the last count,
+    validation and scores follow it, a warm start begins from it, and partial_fit does not refine."""
+    from sklearn_otflow import _estimator
+
+    est = OTFlowDensity(max_epochs=2, **SMALL).fit(moons)  # a smooth early flow: no refinement
+    assert est.n_steps_ == 4 and [row["n_steps"] for row in est.history_] == [4, 4]
+    monkeypatch.setattr(_estimator, "_STEP_TOLERANCE", -1.0)
+    est.set_params(max_epochs=3).fit(moons)
+    assert [row["n_steps"] for row in est.history_] == [4, 6, 9]
+    assert est.n_steps_ == 9 and est.net_.module_.n_steps_eval == 18 and est.n_steps_eval_ >= 18
+    est.set_params(warm_start=True, max_epochs=1).fit(moons)
+    assert [row["n_steps"] for row in est.history_] == [9]
+    assert est.partial_fit(moons).n_steps_ == 14  # the last fit's refinement (9 -> 14), none here
+    assert est.partial_fit(moons).n_steps_ == 14
+    given = OTFlowDensity(max_epochs=2, n_steps_eval=5, **SMALL).fit(moons)
+    assert given.n_steps_ == 9 and given.net_.module_.n_steps_eval == 5 and given.n_steps_eval_ == 5
 
 
 def test_score_is_the_mean_log_likelihood(fitted, gaussian_data):
@@ -204,6 +260,7 @@ def test_early_stopping_scores_at_the_evaluation_step_count(moons, monkeypatch):
     200 epochs: validated at the 8 training steps, the validation NLL kept falling while the
     likelihood at 32 steps had been rising since epoch 61)."""
     import sklearn_otflow._net as net_module
+    from sklearn_otflow import _estimator
 
     calls = []
     original = net_module.flow
@@ -213,6 +270,7 @@ def test_early_stopping_scores_at_the_evaluation_step_count(moons, monkeypatch):
         return original(potential, x, n_steps, **kwargs)
 
     monkeypatch.setattr(net_module, "flow", spy)
+    monkeypatch.setattr(_estimator, "_MAX_STEP_REFINEMENTS", 0)  # its probe flows without gradients too
     OTFlowDensity(max_epochs=1, n_steps_eval=7, **SMALL).fit(moons)
     assert {steps for grad, steps in calls if grad} == {SMALL["n_steps"]}
     assert {steps for grad, steps in calls if not grad} == {7}
