@@ -699,6 +699,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self.history_ = net.history
         self.n_iter_ = len(net.history)
         self.n_steps_ = net.module_.n_steps
+        validated = self._eval_steps(self.n_steps_)  # the count validation ended with
         self._resolve_eval_steps(X[:512])
         if not self.integration_error_ <= _MAX_INTEGRATION_ERROR:  # also NaN
             warnings.warn(
@@ -708,12 +709,11 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
                 RuntimeWarning,
                 stacklevel=5,
             )
-        elif self.n_steps_eval_ > self._eval_steps(self.n_steps_):
-            steps = self._eval_steps(self.n_steps_)
+        elif self.n_steps_eval_ > validated:
             warnings.warn(
-                f"RK4 with {steps} steps does not resolve the fitted flow, so scores, "
+                f"RK4 with {validated} steps does not resolve the fitted flow, so scores, "
                 f"samples and transforms use {self.n_steps_eval_} (n_steps_eval_). Early stopping "
-                f"validated with {steps} and may have kept a flow that exploits their "
+                f"validated with {validated} and may have kept a flow that exploits their "
                 "integration error: try a smaller learning_rate or a larger n_steps.",
                 RuntimeWarning,
                 stacklevel=5,
