@@ -23,7 +23,7 @@ second derivatives of :math:`\Phi`); that chain rule is written out too (:func:`
 so each call is one autograd node, and its backward recomputes the :math:`m \times d` Jacobian blocks
 instead of storing them. With one residual layer and one block of samples, :func:`_one_layer_forward`
 spells the same formulas out in fewer operations: at small :math:`d` a training step is bound by the
-number of operations, not their size (a make_moons step: 18.5 ms, against 29 ms with autograd's nodes).
+number of operations, not their size (a make_moons step took 18.5 ms, against 29 ms with autograd's nodes).
 """
 
 from __future__ import annotations

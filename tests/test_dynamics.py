@@ -149,10 +149,11 @@ def autograd_field(phi: Potential):
     return f
 
 
+@pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("n_layers", [1, 2])
 @pytest.mark.parametrize("block", [1 << 20, 40])  # the one-block path (M = 1), and chunks of samples
-def test_training_gradients_through_the_flow_equal_autograd(n_layers, block, monkeypatch):
-    """Training backpropagates through every RK4 stage's fused node: against double autograd."""
+def test_training_gradients_through_the_flow_equal_autograd(n_layers, block, inverse, monkeypatch):
+    """Training backpropagates through the whole RK4 integration as one node: against double autograd."""
     from sklearn_otflow import _potential
 
     monkeypatch.setattr(_potential, "_BLOCK", block)
@@ -161,11 +162,44 @@ def test_training_gradients_through_the_flow_equal_autograd(n_layers, block, mon
     cot = torch.randn(9, 6, dtype=F64)  # weights on z, ell, L and R
     params = [p for name, p in phi.named_parameters() if name != "c"] + [x]
 
-    z, ell, L, R = flow(phi, x, n_steps=3)
+    z, ell, L, R = flow(phi, x, n_steps=3, inverse=inverse)
+    assert type(z.grad_fn.next_functions[0][0]).__name__.startswith("_RK4FlowBackward")  # one node
     ours = torch.autograd.grad((torch.cat([z, torch.stack([ell, L, R], 1)], 1) * cot).sum(), params)
     y0 = torch.cat([x, x.new_zeros(9, 3)], 1)
-    (y,) = odeint_rk4(autograd_field(phi), (y0,), 0.0, 1.0, 3)
+    (y,) = odeint_rk4(autograd_field(phi), (y0,), *((1.0, 0.0) if inverse else (0.0, 1.0)), 3)
     theirs = torch.autograd.grad((y * cot).sum(), params)
     assert torch.allclose(y, torch.cat([z, torch.stack([ell, L, R], 1)], 1), rtol=1e-12, atol=1e-12)
     for a, b in zip(ours, theirs):
         assert ((a - b).abs().max() / b.abs().max()).item() < 1e-10
+
+
+def test_training_node_parameter_gradients_do_not_depend_on_the_data_needing_one():
+    """The first stage skips the data's gradient when the data need none, and nothing else changes."""
+    phi = random_potential(d=2, width=5, n_layers=1, seed=6)
+    x = torch.randn(7, 2, dtype=F64)
+    params = [p for name, p in phi.named_parameters() if name != "c"]
+
+    def grads(x):
+        z, ell, L, R = flow(phi, x, n_steps=2)
+        return torch.autograd.grad((z.sum() + ell.sum() + L.sum() + 3 * R.sum()), params)
+
+    for a, b in zip(grads(x), grads(x.clone().requires_grad_())):
+        assert torch.equal(a, b)
+
+
+def test_training_node_refuses_parameters_changed_before_backward():
+    phi = random_potential(d=2, width=5, seed=7)
+    z, ell, _, _ = flow(phi, torch.randn(4, 2, dtype=F64), n_steps=2)
+    with torch.no_grad():
+        phi.w.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (z.sum() + ell.sum()).backward()
+
+
+def test_flow_without_gradients_builds_no_graph():
+    phi = random_potential(d=2, width=5, seed=8)
+    with torch.no_grad():
+        z, *_ = flow(phi, torch.randn(4, 2, dtype=F64), n_steps=2)
+    assert z.grad_fn is None
+    with pytest.raises(ValueError, match="n_steps >= 1"):
+        flow(phi, torch.randn(4, 2, dtype=F64), n_steps=0)
