@@ -203,3 +203,13 @@ def test_flow_without_gradients_builds_no_graph():
     assert z.grad_fn is None
     with pytest.raises(ValueError, match="n_steps >= 1"):
         flow(phi, torch.randn(4, 2, dtype=F64), n_steps=0)
+
+
+def test_training_node_keeps_its_activations_only_for_a_retained_graph():
+    phi = random_potential(d=2, width=5, n_layers=1, seed=9)
+    z, ell, _, _ = flow(phi, torch.randn(4, 2, dtype=F64), n_steps=2)
+    loss = z.sum() + ell.sum()
+    first = torch.autograd.grad(loss, phi.w, retain_graph=True)[0]
+    assert torch.equal(torch.autograd.grad(loss, phi.w)[0], first)
+    with pytest.raises(RuntimeError, match="second time"):
+        torch.autograd.grad(loss, phi.w)
