@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._potential import Potential, _block_entries, grad_trace_backward, grad_trace_forward
+from ._potential import Potential, _block_entries, grad_trace_backward, grad_trace_forward, prepare
 
 __all__ = ["odeint_rk4", "flow"]
 
@@ -86,19 +86,22 @@ def odeint_rk4(f: Callable[[float, State], State], y0: State, t0: float, t1: flo
     return y
 
 
-def _field(d: int, h: float, gd: torch.dtype, block: int, t: float, y: Tensor, params: tuple[Tensor, ...]):
+def _field(
+    d: int, h: float, gd: torch.dtype, block: int, t: float, y: Tensor, params: tuple[Tensor, ...], prepared
+):
     r"""The right-hand side :math:`(-\nabla_x\Phi, -\operatorname{tr}\nabla_x^2\Phi, \tfrac12|\nabla_x\Phi|^2,
     |\partial_t\Phi - \tfrac12|\nabla_x\Phi|^2|)` on the stacked state ``y`` (n, d + 3), and what
     :func:`_field_vjp` needs to differentiate it.
 
-    ``params`` is :meth:`Potential._flat_parameters`; ``gd`` and ``block`` the trace's block precision and
-    size (:func:`~sklearn_otflow._potential.grad_trace_forward`).
+    ``params`` is :meth:`Potential._flat_parameters` and ``prepared``
+    :func:`~sklearn_otflow._potential.prepare` of them; ``gd`` and ``block`` the trace's block precision
+    and size (:func:`~sklearn_otflow._potential.grad_trace_forward`).
     """
     n = y.shape[0]
     s = y.new_empty(d + 1, n)  # (x, t), samples last
     s[:d] = y[:, :d].t()
     s[d] = t
-    grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params)
+    grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params, prepared)
     gx, gt = grad[:d], grad[d]
     dL = 0.5 * (gx * gx).sum(0)
     r = gt - dL
@@ -166,10 +169,10 @@ class _RK4Flow(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, d, h, gd, block, t0, t1, n_steps, y0, *params):
-        tape = []
+        tape, prepared = [], prepare(d, params)
 
         def f(t: float, y: State) -> State:
-            out, saved = _field(d, h, gd, block, t, y[0], params)
+            out, saved = _field(d, h, gd, block, t, y[0], params, prepared)
             tape.append(saved)
             return (out,)
 
@@ -236,10 +239,11 @@ def ot_dynamics(
     on it instead of four.
     """
     d, h, params = potential.n_features, potential.h, potential._flat_parameters()
+    prepared = prepare(d, params)
 
     def f(t: float, y: State) -> State:
         gd = gemm_dtype or y[0].dtype
-        return (_field(d, h, gd, _block_entries(gd), t, y[0], params)[0],)
+        return (_field(d, h, gd, _block_entries(gd), t, y[0], params, prepared)[0],)
 
     return f
 

@@ -157,9 +157,30 @@ def _trace_vjp(h: float, gd: torch.dtype, g0, z1, B, Ks, ss, zs, sqs, grad_tr: T
     return grad_g0, grad_z1, grad_B, grad_K, grad_s, grad_z
 
 
-def grad_trace_forward(d: int, h: float, gd: torch.dtype, block: int, s: Tensor, params: tuple[Tensor, ...]):
+def prepare(d: int, params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    r"""What :func:`grad_trace_forward` needs of the parameters alone: :math:`A^\top A`,
+    :math:`\operatorname{tr}((A^\top A)_{1:d,1:d})` and the squared row norms of :math:`B = (K_0)_{:, 1:d}`.
+
+    An integration computes them once for all its RK4 stages.
+    """
+    K0, A = params[0], params[3]
+    AtA = A.t() @ A
+    B = K0[:, :d]
+    return AtA, torch.diagonal(AtA)[:d].sum(), (B * B).sum(1)
+
+
+def grad_trace_forward(
+    d: int,
+    h: float,
+    gd: torch.dtype,
+    block: int,
+    s: Tensor,
+    params: tuple[Tensor, ...],
+    prepared: tuple[Tensor, Tensor, Tensor] | None = None,
+):
     r""":math:`\nabla_s\Phi` (d + 1, n) and the trace (n,) at ``s`` (d + 1, n), samples last, and what
-    :func:`grad_trace_backward` needs. ``params`` is ``(K0, b0, w, A, b, K_1..K_M, b_1..b_M)``.
+    :func:`grad_trace_backward` needs. ``params`` is ``(K0, b0, w, A, b, K_1..K_M, b_1..b_M)``;
+    ``prepared`` is :func:`prepare`'s result for them (computed here if ``None``).
 
     No autograd inside: the nodes that train through this (:class:`_GradTrace` here, the dynamics'
     field in :mod:`~sklearn_otflow._dynamics`) call :func:`grad_trace_backward` for their backward.
@@ -169,8 +190,9 @@ def grad_trace_forward(d: int, h: float, gd: torch.dtype, block: int, s: Tensor,
     """
     K0, b0, w, A, b, *layers = params
     M = len(layers) // 2
+    prepared = prepared or prepare(d, params)
     if M == 1 and gd == s.dtype and K0.shape[0] * d * s.shape[1] <= min(block, _ONE_LAYER_BLOCK):
-        return _one_layer_forward(d, s, params)
+        return _one_layer_forward(d, s, params, prepared)
     Ks, bs = layers[:M], layers[M:]
     a0 = torch.addmm(b0.unsqueeze(1), K0, s)
     g0 = torch.tanh(a0)
@@ -189,10 +211,10 @@ def grad_trace_forward(d: int, h: float, gd: torch.dtype, block: int, s: Tensor,
         z = torch.addmm(z, K.t(), g * z, alpha=h)
         zs.append(z)
     zs.reverse()  # zs[i] = z_{i+1}, i = 0..M
-    AtA = A.t() @ A
+    AtA, trace_AtA, _ = prepared
     grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), g0 * zs[0])
     trace, sqs = _trace_forward(h, gd, block, g0, zs[0], K0[:, :d], Ks, gs, zs[1:])
-    trace = trace + torch.diagonal(AtA)[:d].sum()
+    trace = trace + trace_AtA
     return grad, trace, (s, K0, w, A, AtA, g0, *Ks, *gs, *us, *zs[:-1], *sqs)
 
 
@@ -247,7 +269,7 @@ def grad_trace_backward(
     return (G_s, G_K0, G_a0.sum(1), G_w, G_A, G.sum(1), *G_K, *G_b)
 
 
-def _one_layer_forward(d: int, s: Tensor, params: tuple[Tensor, ...]):
+def _one_layer_forward(d: int, s: Tensor, params: tuple[Tensor, ...], prepared: tuple[Tensor, ...]):
     r""":func:`grad_trace_forward` for :math:`M = 1` (so :math:`h = 1`) in one exact block of samples.
 
     The same formulas with fewer operations: training at small :math:`d` is bound by the number of
@@ -265,7 +287,7 @@ def _one_layer_forward(d: int, s: Tensor, params: tuple[Tensor, ...]):
     y1 = g1 * wc
     z1 = torch.addmm(wc, K.t(), y1)  # z_1 = w + K^T (s_1 w)
     q = g0 * z1
-    AtA = A.t() @ A
+    AtA, trace_AtA, bsq = prepared
     grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), q)
     # trace = t_0 + t_1 + tr((A^T A)[:d, :d]):  t_0 = bsq . (e0 z1),  t_1 = sum_j c1_j |(K J_0)_j|^2,
     # e_i = 1 - g_i^2, c1 = e1 w, bsq_j = |B_j|^2, J_0 = B g_0 (m, d, n)
@@ -277,8 +299,7 @@ def _one_layer_forward(d: int, s: Tensor, params: tuple[Tensor, ...]):
     e0z1 = e0 * z1
     e1 = 1.0 - g1 * g1
     c1 = e1 * wc
-    bsq = (B * B).sum(1)
-    trace = torch.addmv((c1 * sq).sum(0), e0z1.t(), bsq) + torch.diagonal(AtA)[:d].sum()
+    trace = torch.addmv((c1 * sq).sum(0), e0z1.t(), bsq) + trace_AtA
     return grad, trace, (None, s, K0, w, A, AtA, K, g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, J0, P, sq, bsq)
 
 

@@ -182,6 +182,39 @@ def test_fit_refines_its_steps_and_evaluates_with_twice_the_final_count(moons, m
     assert given.n_steps_ == 9 and given.net_.module_.n_steps_eval == 5 and given.n_steps_eval_ == 5
 
 
+def test_a_refinement_measures_validation_again_so_early_stopping_compares_like_with_like(moons, monkeypatch):
+    """When validation's step count grows, the epoch's valid_nll and early stopping's best score are
+    measured again with the new count: after every epoch both equal what that count gives (a stiff
+    flow, for which 8 and 12 steps differ by a tenth of a nat)."""
+    from sklearn_otflow import _estimator
+    from sklearn_otflow._net import _valid_nll
+
+    seen = []
+
+    class Check(Callback):  # user callbacks run after early stopping
+        def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+            stop, current = dict(net.callbacks_)["early_stopping"], net.module_.state_dict()
+            recorded, now = net.history[-1, "valid_nll"], _valid_nll(net, dataset_valid)
+            saved = {k: v.clone() for k, v in current.items()}
+            net.module_.load_state_dict(stop.best_model_weights_)
+            best = _valid_nll(net, dataset_valid)
+            net.module_.load_state_dict(saved)
+            count, net.module_.n_steps_eval = net.module_.n_steps_eval, 8  # the count before any refinement
+            before = _valid_nll(net, dataset_valid)
+            net.module_.n_steps_eval = count
+            seen.append((count, recorded, now, stop.dynamic_threshold_, best, before))
+
+    est = OTFlowDensity(max_epochs=2, **SMALL).fit(moons)
+    with torch.no_grad():
+        est.net_.module_.potential.w.mul_(10.0)
+    monkeypatch.setattr(_estimator, "_STEP_TOLERANCE", -1.0)  # every epoch refines, twice at most
+    est.set_params(warm_start=True, max_epochs=3, learning_rate=1e-9, callbacks=[Check()]).fit(moons)
+    assert [row[0] for row in seen] == [12, 18, 18]
+    for _, recorded, now, threshold, best, _ in seen:
+        assert recorded == pytest.approx(now, rel=1e-5) and threshold == pytest.approx(best, rel=1e-5)
+    assert abs(seen[0][1] - seen[0][5]) > 0.01  # the counts disagree on this flow
+
+
 def test_score_is_the_mean_log_likelihood(fitted, gaussian_data):
     assert fitted.score(gaussian_data[:100]) == pytest.approx(
         fitted.score_samples(gaussian_data[:100]).mean()
