@@ -167,7 +167,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         moves by more than 0.05 nats with twice the steps, with a warning (``n_steps_eval_``).
     max_epochs : int, default=250
         Maximum number of passes over the training data. On make_moons (8,000 rows) the default fit
-        was still improving at 150 epochs; 250 took 2.5 to 2.6 minutes on the 2-core benchmark machine.
+        was still improving at 150 epochs; 250 took 2.1 to 2.5 minutes on the 2-core benchmark machine.
     batch_size : int or "auto", default="auto"
         Minibatch size. ``"auto"`` is ``min(256, max(32, n_train // 20))`` rows, ``n_train`` the rows
         left after the validation split (256 in ``partial_fit``): 256 rows from 5,120 training rows up,
