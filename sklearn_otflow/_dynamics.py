@@ -161,7 +161,7 @@ class _RK4Flow(torch.autograd.Function):
     nodes per RK4 step besides the 4 stages and add up each parameter's gradient stage by stage; at a few
     features a training step is bound by the number of operations, not their size. Each stage's
     activations are released once its product is taken, unless the graph is retained (at d = 43, width
-    256, keeping them all to the end of the backward pass cost 2.5 times the page faults).
+    256, keeping them all to the end of the backward pass cost twice the page faults).
 
     Inputs: ``d``, ``h`` (the network's), ``gemm_dtype``, ``block``, ``t0``, ``t1``, ``n_steps``, the
     state ``y0`` (n, d + 3), then :meth:`Potential._flat_parameters`.
