@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from ._dynamics import flow
-from ._loss import Objective, negative_log_likelihood, weighted_objective
+from ._loss import Objective, log_prob, weighted_objective
 from ._potential import Potential
 
 __all__ = [
@@ -259,8 +259,7 @@ class StepRefinement(Callback):
         if self.refinements_ < self.max_refinements:
             with torch.no_grad():
                 coarse, fine = (
-                    negative_log_likelihood(*flow(module.potential, self.probe_, steps)[:2]).mean().item()
-                    for steps in (n, 2 * n)
+                    -log_prob(module.potential, self.probe_, steps).mean().item() for steps in (n, 2 * n)
                 )
             if not abs(coarse - fine) <= self.tolerance:  # also NaN: FiniteGuard deals with that
                 module.n_steps = math.ceil(1.5 * n)
@@ -292,7 +291,7 @@ def _valid_nll(net, dataset) -> float:
     module, total, rows = net.module_, 0.0, 0
     for X, _ in net.get_iterator(dataset, training=False):
         X = torch.as_tensor(X, device=net.device)
-        total += negative_log_likelihood(*flow(module.potential, X, module.n_steps_eval)[:2]).sum().item()
+        total -= log_prob(module.potential, X, module.n_steps_eval).sum().item()
         rows += len(X)
     return total / rows
 
