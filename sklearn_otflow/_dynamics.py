@@ -26,7 +26,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._potential import Potential, _block_entries, grad_trace_backward, grad_trace_forward, prepare
+from ._potential import (
+    Potential,
+    TraceWork,
+    _block_entries,
+    add_grads,
+    grad_trace_backward,
+    grad_trace_forward,
+    prepare,
+    prepare_vjp,
+)
 
 __all__ = ["odeint_rk4", "flow"]
 
@@ -87,21 +96,29 @@ def odeint_rk4(f: Callable[[float, State], State], y0: State, t0: float, t1: flo
 
 
 def _field(
-    d: int, h: float, gd: torch.dtype, block: int, t: float, y: Tensor, params: tuple[Tensor, ...], prepared
+    d: int,
+    h: float,
+    gd: torch.dtype,
+    block: int,
+    t: float,
+    y: Tensor,
+    params: tuple[Tensor, ...],
+    prepared,
+    work: TraceWork | None = None,
 ):
     r"""The right-hand side :math:`(-\nabla_x\Phi, -\operatorname{tr}\nabla_x^2\Phi, \tfrac12|\nabla_x\Phi|^2,
     |\partial_t\Phi - \tfrac12|\nabla_x\Phi|^2|)` on the stacked state ``y`` (n, d + 3), and what
     :func:`_field_vjp` needs to differentiate it.
 
     ``params`` is :meth:`Potential._flat_parameters` and ``prepared``
-    :func:`~sklearn_otflow._potential.prepare` of them; ``gd`` and ``block`` the trace's block precision
-    and size (:func:`~sklearn_otflow._potential.grad_trace_forward`).
+    :func:`~sklearn_otflow._potential.prepare` of them; ``gd``, ``block`` and ``work`` as in
+    :func:`~sklearn_otflow._potential.grad_trace_forward`.
     """
     n = y.shape[0]
     s = y.new_empty(d + 1, n)  # (x, t), samples last
     s[:d] = y[:, :d].t()
     s[d] = t
-    grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params, prepared)
+    grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params, prepared, work)
     gx, gt = grad[:d], grad[d]
     dL = 0.5 * (gx * gx).sum(0)
     r = gt - dL
@@ -113,20 +130,21 @@ def _field(
     return out, (gx, torch.sign(r), saved)
 
 
-def _field_vjp(d: int, h: float, gd: torch.dtype, tape, G_out: Tensor, need_x: bool):
+def _field_vjp(d: int, h: float, gd: torch.dtype, tape, G_out: Tensor, need_x: bool, w_done: bool = False):
     """The vector-Jacobian product of :func:`_field` with ``G_out`` (n, d + 3).
 
-    Returns ``(G_x, *G_params)``: ``G_x`` (n, d), a transposed view, with respect to the state's ``x``
-    columns (``None`` unless ``need_x``; the other columns do not feed back into the field), then the
-    gradients with respect to ``params``.
+    Returns ``(G_x, G_params, G_prepared)``: ``G_x`` (n, d), a transposed view, with respect to the
+    state's ``x`` columns (``None`` unless ``need_x``; the other columns do not feed back into the
+    field), then the gradients with respect to ``params`` and to ``prepared``, as
+    :func:`~sklearn_otflow._potential.grad_trace_backward` returns them.
     """
     gx, sign_r, saved = tape
     G_R = sign_r * G_out[:, d + 2]  # |r|, r = g_t - dL
     G = G_out.new_empty(d + 1, G_out.shape[0])  # gradient with respect to grad = (g_x, g_t)
     torch.addcmul(G_out[:, :d].t().neg(), gx, (G_out[:, d + 1] - G_R).unsqueeze(0), out=G[:d])  # -g_x, dL
     G[d] = G_R
-    G_s, *G_params = grad_trace_backward(d, h, gd, saved, G, -G_out[:, d], need_x)
-    return (None if G_s is None else G_s[:d].t(), *G_params)
+    G_s, G_params, G_prepared = grad_trace_backward(d, h, gd, saved, G, -G_out[:, d], need_x, w_done)
+    return None if G_s is None else G_s[:d].t(), G_params, G_prepared
 
 
 def _keep_graph() -> bool:
@@ -170,9 +188,14 @@ class _RK4Flow(torch.autograd.Function):
     @staticmethod
     def forward(ctx, d, h, gd, block, t0, t1, n_steps, y0, *params):
         tape, prepared = [], prepare(d, params)
+        # the stages' shared scratch, which accumulates the trace's gradient with respect to prepare()'s
+        # W, each stage weighted as its k_i is in the RK4 update (see _one_layer_forward)
+        work = TraceWork(prepared[3]) if prepared[3] is not None and gd == y0.dtype else None
 
         def f(t: float, y: State) -> State:
-            out, saved = _field(d, h, gd, block, t, y[0], params, prepared)
+            if work is not None:
+                work.weight = (1.0, 2.0, 2.0, 1.0)[len(tape) % 4] / 6.0
+            out, saved = _field(d, h, gd, block, t, y[0], params, prepared, work)
             tape.append(saved)
             return (out,)
 
@@ -181,6 +204,7 @@ class _RK4Flow(torch.autograd.Function):
         for k in range(n_steps):
             y = rk4_step(f, t0 + k * dt, dt, y)
         ctx.d, ctx.h, ctx.gd, ctx.dt, ctx.n_steps, ctx.tape = d, h, gd, dt, n_steps, tape
+        ctx.w_sum = work.sum if work is not None and work.used else None
         ctx.save_for_backward(*params)  # checked: the optimizer must not change them before backward
         return y[0]
 
@@ -193,18 +217,22 @@ class _RK4Flow(torch.autograd.Function):
         if not keep:  # each stage's activations go as soon as its product is taken, as autograd's would
             ctx.tape = None
         need_y0 = ctx.needs_input_grad[7]
-        G_params = None
+        G_params, G_prepared = None, None
+        # the log-determinant feeds nothing back, so stage i of every step receives the gradient
+        # -dt b_i G[:, d] for its trace (b = 1/6, 1/3, 1/3, 1/6): where that is the same for every
+        # sample, as for a mean over the batch, the forward pass has summed the W part up (ctx.w_sum)
+        w_done = ctx.w_sum is not None and bool((G[:, d] == G[0, d]).all())
 
         def vjp(stage: int, G_k: Tensor, need_x: bool = True):
-            nonlocal G_params
-            G_x, *grads = _field_vjp(d, h, gd, tape[stage], G_k, need_x)
+            nonlocal G_params, G_prepared
+            G_x, grads, grads_prepared = _field_vjp(d, h, gd, tape[stage], G_k, need_x, w_done)
             if not keep:
                 tape[stage] = None
             if G_params is None:
-                G_params = grads
+                G_params, G_prepared = grads, list(grads_prepared)
             else:
-                for acc, g in zip(G_params, grads):
-                    acc.add_(g)
+                add_grads(G_params, grads)
+                add_grads(G_prepared, grads_prepared)
             return G_x
 
         for step in reversed(range(n_steps)):
@@ -226,6 +254,13 @@ class _RK4Flow(torch.autograd.Function):
             if G_x is not None:
                 G_y[:, :d] += G_x
             G = G_y
+        # the parameter-only quantities of prepare() are the same at every stage: their gradients,
+        # summed over the stages, go back to the parameters once
+        if w_done:  # no stage added a G_W
+            G_prepared[2], w_scale = ctx.w_sum, -2.0 * dt * G[0, d].item()
+        else:
+            w_scale = 1.0
+        add_grads(G_params, prepare_vjp(d, ctx.saved_tensors, *G_prepared, w_scale=w_scale))
         return (None,) * 7 + (G if need_y0 else None, *G_params)
 
 

@@ -85,9 +85,19 @@ _BLOCK = 1 << 20
 # second of _BLOCK in float64 at d=10, m=32 (docs/benchmarks.md, "Scale"). Training keeps _BLOCK, whose
 # chunks also serve the backward pass.
 _EVAL_BLOCK_BYTES = 1 << 20
-# Largest (m, d, n) block for which one residual layer takes _one_layer_forward, which keeps two such
-# blocks per RK4 stage for its backward (at most 64 MB over a float32 training step of 32 stages).
+# Largest (d, m, n) block that _one_layer_forward keeps for its backward (at most 32 MB over a float32
+# training step of 32 stages); larger ones are recomputed there, one chunk of samples at a time.
 _ONE_LAYER_BLOCK = 1 << 18
+# Largest d m^2 for which one residual layer takes _one_layer_forward, whose products go through the
+# (d m, m) matrix W of prepare() and its gradient (64 MB each in float32 at this size).
+_ONE_LAYER_W = 1 << 24
+
+
+def _feature_chunks(d: int, m: int, n: int, block: int) -> list[slice]:
+    """Row slices of :func:`prepare`'s (d m, m) :math:`W`, whole features :math:`l` at a time, whose
+    products with (m, n) activations have at most ``block`` entries (at least one feature each)."""
+    step = m * max(1, block // (m * n))
+    return [slice(i, min(i + step, d * m)) for i in range(0, d * m, step)]
 
 
 def _block_entries(gemm_dtype: torch.dtype) -> int:
@@ -157,16 +167,64 @@ def _trace_vjp(h: float, gd: torch.dtype, g0, z1, B, Ks, ss, zs, sqs, grad_tr: T
     return grad_g0, grad_z1, grad_B, grad_K, grad_s, grad_z
 
 
-def prepare(d: int, params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+def prepare(d: int, params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     r"""What :func:`grad_trace_forward` needs of the parameters alone: :math:`A^\top A`,
-    :math:`\operatorname{tr}((A^\top A)_{1:d,1:d})` and the squared row norms of :math:`B = (K_0)_{:, 1:d}`.
+    :math:`\operatorname{tr}((A^\top A)_{1:d,1:d})`, the squared row norms of :math:`B = (K_0)_{:, 1:d}`
+    and, for one residual layer (:func:`_one_layer_forward`), :math:`W` of shape (d m, m) with
+    :math:`W_{(l, j), k} = K_{jk} B_{kl}` (``None`` otherwise).
 
-    An integration computes them once for all its RK4 stages.
+    An integration computes them once for all its RK4 stages, and :func:`prepare_vjp` takes their
+    gradients, summed over the stages, back to the parameters once.
     """
     K0, A = params[0], params[3]
     AtA = A.t() @ A
     B = K0[:, :d]
-    return AtA, torch.diagonal(AtA)[:d].sum(), (B * B).sum(1)
+    W = None
+    if len(params) == 7 and d * K0.shape[0] ** 2 <= _ONE_LAYER_W:
+        K = params[5]
+        W = torch.mul(K.unsqueeze(0), B.t().unsqueeze(1), out=K.new_empty(d, *K.shape)).view(-1, K.shape[1])
+    return AtA, torch.diagonal(AtA)[:d].sum(), (B * B).sum(1), W
+
+
+def prepare_vjp(
+    d: int,
+    params: tuple[Tensor, ...],
+    G_AtA: Tensor,
+    G_bsq: Tensor | None,
+    G_W: Tensor | None,
+    w_scale: float = 1.0,
+):
+    r"""Gradients, in the order of ``params`` (``None`` where there is none), of
+    :math:`\langle G_{A^\top A}, A^\top A\rangle + \langle G_{bsq}, bsq\rangle + \langle G_W, W\rangle`
+    for :func:`prepare`'s quantities (the trace of :math:`A^\top A` is a sum of its entries, whose
+    gradient the caller adds to ``G_AtA``)."""
+    K0, A = params[0], params[3]
+    grads: list[Tensor | None] = [None] * len(params)
+    grads[3] = A @ (G_AtA + G_AtA.t())
+    if G_bsq is None and G_W is None:
+        return grads
+    B, G_K0 = K0[:, :d], torch.zeros_like(K0)
+    if G_bsq is not None:
+        G_K0[:, :d] = 2.0 * B * G_bsq.unsqueeze(1)
+    if G_W is not None:  # W[l, j, k] = K[j, k] B[k, l], one l at a time (no (d, m, m) temporaries)
+        K = params[5]
+        G_W = G_W.view(d, *K.shape)
+        G_K = torch.zeros_like(K)
+        for l in range(d):
+            G_K.addcmul_(G_W[l], B[:, l], value=w_scale)
+            G_K0[:, l].add_(torch.linalg.vecdot(G_W[l], K, dim=0), alpha=w_scale)
+        grads[5] = G_K
+    grads[0] = G_K0
+    return grads
+
+
+class TraceWork:
+    """Accumulates, over the stages of an integration, each stage's ``weight`` times the trace's gradient
+    with respect to :func:`prepare`'s :math:`W`, summed over the samples (see :func:`_one_layer_forward`);
+    ``used`` says whether any stage added to ``sum``."""
+
+    def __init__(self, W: Tensor) -> None:
+        self.sum, self.weight, self.used = torch.zeros_like(W), 1.0, False
 
 
 def grad_trace_forward(
@@ -176,11 +234,14 @@ def grad_trace_forward(
     block: int,
     s: Tensor,
     params: tuple[Tensor, ...],
-    prepared: tuple[Tensor, Tensor, Tensor] | None = None,
+    prepared: tuple[Tensor, ...] | None = None,
+    work: TraceWork | None = None,
 ):
     r""":math:`\nabla_s\Phi` (d + 1, n) and the trace (n,) at ``s`` (d + 1, n), samples last, and what
     :func:`grad_trace_backward` needs. ``params`` is ``(K0, b0, w, A, b, K_1..K_M, b_1..b_M)``;
-    ``prepared`` is :func:`prepare`'s result for them (computed here if ``None``).
+    ``prepared`` is :func:`prepare`'s result for them (computed here if ``None``). ``work``, a
+    :class:`TraceWork`, is the scratch that the stages of an integration share in
+    :func:`_one_layer_forward` (see there).
 
     No autograd inside: the nodes that train through this (:class:`_GradTrace` here, the dynamics'
     field in :mod:`~sklearn_otflow._dynamics`) call :func:`grad_trace_backward` for their backward.
@@ -191,8 +252,8 @@ def grad_trace_forward(
     K0, b0, w, A, b, *layers = params
     M = len(layers) // 2
     prepared = prepared or prepare(d, params)
-    if M == 1 and gd == s.dtype and K0.shape[0] * d * s.shape[1] <= min(block, _ONE_LAYER_BLOCK):
-        return _one_layer_forward(d, s, params, prepared)
+    if M == 1 and gd == s.dtype and prepared[3] is not None:
+        return _one_layer_forward(d, s, params, prepared, block, work)
     Ks, bs = layers[:M], layers[M:]
     a0 = torch.addmm(b0.unsqueeze(1), K0, s)
     g0 = torch.tanh(a0)
@@ -211,7 +272,7 @@ def grad_trace_forward(
         z = torch.addmm(z, K.t(), g * z, alpha=h)
         zs.append(z)
     zs.reverse()  # zs[i] = z_{i+1}, i = 0..M
-    AtA, trace_AtA, _ = prepared
+    AtA, trace_AtA = prepared[:2]
     grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), g0 * zs[0])
     trace, sqs = _trace_forward(h, gd, block, g0, zs[0], K0[:, :d], Ks, gs, zs[1:])
     trace = trace + trace_AtA
@@ -219,14 +280,26 @@ def grad_trace_forward(
 
 
 def grad_trace_backward(
-    d: int, h: float, gd: torch.dtype, saved, G: Tensor, G_tr: Tensor, need_s: bool = True
+    d: int,
+    h: float,
+    gd: torch.dtype,
+    saved,
+    G: Tensor,
+    G_tr: Tensor,
+    need_s: bool = True,
+    w_done: bool = False,
 ):
     """Gradients of ``<G, grad> + <G_tr, trace>``.
 
-    Returns ``(G_s or None, G_K0, G_b0, G_w, G_A, G_b, *G_K, *G_bi)``, the order of ``(s, *params)``.
+    Returns ``(G_s or None, G_params, G_prepared)``: ``G_params`` in the order of ``params``, ``None``
+    where a gradient only flows through :func:`prepare`'s quantities, and ``G_prepared`` the gradients
+    with respect to those, ``(G_AtA, G_bsq, G_W)``, which :func:`prepare_vjp` takes to the parameters
+    (once per integration: they are the same at every stage). ``w_done``: the caller has the
+    gradient with respect to :math:`W` from the forward pass (:class:`TraceWork`), so ``G_W`` is
+    ``None`` where the forward pass accumulated it.
     """
     if saved[0] is None:
-        return _one_layer_backward(d, saved[1:], G, G_tr, need_s)
+        return _one_layer_backward(d, saved[1:], G, G_tr, need_s, w_done)
     s, K0, w, A, AtA, g0, *rest = saved
     M = len(rest) // 5
     Ks, gs, us, zs, sqs = (list(rest[i * M : (i + 1) * M]) for i in range(5))
@@ -264,20 +337,43 @@ def grad_trace_backward(
     # the quadratic's A^T A s in grad, tr((A^T A)[:d, :d]) in the trace
     G_AtA = G @ s.t()
     G_AtA.diagonal()[:d] += G_tr.sum()
-    G_A = A @ (G_AtA + G_AtA.t())
     G_s = torch.addmm(AtA @ G, K0.t(), G_a0) if need_s else None
-    return (G_s, G_K0, G_a0.sum(1), G_w, G_A, G.sum(1), *G_K, *G_b)
+    return G_s, [G_K0, G_a0.sum(1), G_w, None, G.sum(1), *G_K, *G_b], (G_AtA, None, None)
 
 
-def _one_layer_forward(d: int, s: Tensor, params: tuple[Tensor, ...], prepared: tuple[Tensor, ...]):
-    r""":func:`grad_trace_forward` for :math:`M = 1` (so :math:`h = 1`) in one exact block of samples.
+def _one_layer_forward(
+    d: int,
+    s: Tensor,
+    params: tuple[Tensor, ...],
+    prepared: tuple[Tensor, ...],
+    block: int,
+    work: TraceWork | None = None,
+):
+    r""":func:`grad_trace_forward` for :math:`M = 1` (so :math:`h = 1`), exact.
 
-    The same formulas with fewer operations: training at small :math:`d` is bound by the number of
-    tensor operations per RK4 stage, not by their size, and this path spells out the single residual
-    layer (:math:`z_2 = w`) without the chunk loop and the lists. ``saved`` starts with ``None`` to
-    mark it.
+    The same formulas in fewer operations, with the Jacobian blocks of the trace as products of
+    :func:`prepare`'s :math:`W`: row :math:`j` of :math:`P_n = K J_0 = K \operatorname{diag}(g_{0,n}) B`
+    is :math:`(W_l g_{0,n})_j` for :math:`l = 1..d`, so the (d m, n) products :math:`P = W g_0` need no
+    (m, d, n) block :math:`J_0`, and their backward pass is two products with :math:`W` (the gradient
+    with respect to :math:`W` goes to :math:`K` and :math:`B` once per integration, in
+    :func:`prepare_vjp`).
+
+    Blocks of at most ``_ONE_LAYER_BLOCK`` entries are kept for the backward pass. Larger ones are
+    computed a few features :math:`l` at a time (at most ``block`` entries, all the samples: a product
+    over a few samples runs far below the machine's rate, d = 43, m = 256, one thread: 39 GFLOP/s over
+    95 samples, 79 over 512), and the backward pass would compute them again, a fourth product. Two of
+    its products need no gradient: with :math:`C = c_1 \odot P`, the trace's gradient with respect to
+    :math:`g_0` is :math:`2 \bar t \odot W^\top C` for any incoming gradient :math:`\bar t`, so
+    :math:`W^\top C` is kept (an (m, n) activation), and its gradient with respect to :math:`W` is
+    :math:`2 \sum_n \bar t_n C_n g_{0,n}^\top`, which is :math:`2 \bar t\, C g_0^\top` where
+    :math:`\bar t` is the same for every sample. Training's loss is a mean, so it is: a
+    :class:`TraceWork` ``work`` collects ``work.weight`` :math:`C g_0^\top`, and the caller, who knows
+    :math:`\bar t`, skips the fourth product (``w_done`` in :func:`grad_trace_backward`). Then only
+    the (m, n) activations that the rest cannot cheaply recompute are kept. ``saved`` starts with
+    ``None`` to mark this path.
     """
     K0, b0, w, A, b, K, b1 = params
+    AtA, trace_AtA, bsq, W = prepared
     m, n = K0.shape[0], s.shape[1]
     a0 = torch.addmm(b0.unsqueeze(1), K0, s)
     g0 = torch.tanh(a0)
@@ -287,46 +383,68 @@ def _one_layer_forward(d: int, s: Tensor, params: tuple[Tensor, ...], prepared: 
     y1 = g1 * wc
     z1 = torch.addmm(wc, K.t(), y1)  # z_1 = w + K^T (s_1 w)
     q = g0 * z1
-    AtA, trace_AtA, bsq = prepared
     grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), q)
-    # trace = t_0 + t_1 + tr((A^T A)[:d, :d]):  t_0 = bsq . (e0 z1),  t_1 = sum_j c1_j |(K J_0)_j|^2,
-    # e_i = 1 - g_i^2, c1 = e1 w, bsq_j = |B_j|^2, J_0 = B g_0 (m, d, n)
-    B = K0[:, :d]
-    J0 = B.unsqueeze(2) * g0.unsqueeze(1)
-    P = (K @ J0.view(m, d * n)).view(m, d, n)
-    sq = torch.linalg.vecdot(P, P, dim=1)
+    # trace = t_0 + t_1 + tr((A^T A)[:d, :d]):  t_0 = bsq . (e0 z1),  t_1 = sum_j c1_j sq_j with
+    # sq_j = sum_l P_lj^2, P = W g0 (d, m, n); e_i = 1 - g_i^2, c1 = e1 w, bsq_j = |B_j|^2
     e0 = 1.0 - g0 * g0
     e0z1 = e0 * z1
     e1 = 1.0 - g1 * g1
     c1 = e1 * wc
+    if m * d * n <= min(block, _ONE_LAYER_BLOCK):
+        P = (W @ g0).view(d, m, n)
+        sq = torch.linalg.vecdot(P, P, dim=0)
+        saved = (g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, P, None)
+    else:
+        sq, WtC = torch.zeros_like(g0), None if work is None else torch.zeros_like(g0)
+        for rows in _feature_chunks(d, m, n, block):
+            Pc = (W[rows] @ g0).view(-1, m, n)
+            sq += torch.linalg.vecdot(Pc, Pc, dim=0)
+            if work is not None:
+                C = Pc.mul_(c1).view(-1, n)
+                WtC.addmm_(W[rows].t(), C)
+                work.sum[rows].addmm_(C, g0.t(), alpha=work.weight)
+                work.used = True
+        saved = (a0, None, g1, None, None, None, None, z1, None, None, None, WtC)
     trace = torch.addmv((c1 * sq).sum(0), e0z1.t(), bsq) + trace_AtA
-    return grad, trace, (None, s, K0, w, A, AtA, K, g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, J0, P, sq, bsq)
+    return grad, trace, (None, s, K0, w, AtA, K, W, *saved, sq, bsq)
 
 
-def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool):
+def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool, w_done: bool):
     """:func:`grad_trace_backward` for :func:`_one_layer_forward`."""
-    s, K0, w, A, AtA, K, g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, J0, P, sq, bsq = saved
+    s, K0, w, AtA, K, W, g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, P, WtC, sq, bsq = saved
     m, n = K0.shape[0], s.shape[1]
-    wc, B, Gt = w.unsqueeze(1), K0[:, :d], G_tr.unsqueeze(0)
-    # t_1 = sum_j c1_j sq_j, sq_j = sum_l P_jl^2, P = K J_0
+    wc, Gt = w.unsqueeze(1), G_tr.unsqueeze(0)
+    if e0 is None:  # the large-block path kept only what these are made of
+        g0, u0 = torch.tanh(g0), log_cosh(g0)  # from a_0
+        e0, e1 = 1.0 - g0 * g0, 1.0 - g1 * g1
+        c1, y1, q, e0z1 = e1 * wc, g1 * wc, g0 * z1, e0 * z1
+    # t_1 = sum_j c1_j sq_j, sq_j = sum_l P_lj^2, P = W g0: the gradient with respect to P is C P
     G_c1 = sq * Gt
-    G_P = (P * (2.0 * c1 * Gt).unsqueeze(1)).view(m, d * n)
-    G_K = G_P @ J0.view(m, d * n).t()
-    G_J0 = (K.t() @ G_P).view(m, d, n)
-    G_B = torch.bmm(G_J0, g0.unsqueeze(2)).squeeze(2)
+    C = 2.0 * c1 * Gt
+    G_W = None
+    if P is not None:
+        G_P = (P * C).view(d * m, n)
+        G_W = G_P @ g0.t()
+        G_g0 = W.t() @ G_P
+    elif WtC is not None and w_done:  # see _one_layer_forward
+        G_g0 = 2.0 * WtC * Gt
+    else:  # the blocks again, a few features at a time, as the forward pass computed them
+        G_W, G_g0 = torch.empty_like(W), torch.zeros_like(g0)
+        for rows in _feature_chunks(d, m, n, _BLOCK):
+            G_P = (W[rows] @ g0).view(-1, m, n).mul_(C).view(-1, n)
+            torch.mm(G_P, g0.t(), out=G_W[rows])
+            G_g0.addmm_(W[rows].t(), G_P)
     # t_0 = bsq . (e0 z1), e0 = 1 - g0^2
     bG = bsq.unsqueeze(1) * Gt
-    G_B += 2.0 * B * (e0z1 @ G_tr).unsqueeze(1)
+    G_bsq = e0z1 @ G_tr
     # grad = A^T A s + b + K_0^T q, q = g_0 z_1
     G_K0 = q @ G.t()
-    G_K0[:, :d] += G_B
     G_q = K0 @ G
     G_z1 = torch.addcmul(G_q * g0, bG, e0)
-    G_g0 = torch.linalg.vecdot(G_J0, B.unsqueeze(2), dim=1)
     G_g0 = torch.addcmul(G_g0, z1, torch.addcmul(G_q, g0, bG, value=-2.0))
     # z_1 = w + K^T y_1, y_1 = g_1 w;  c1 = (1 - g_1^2) w
     v = K @ G_z1
-    G_K = torch.addmm(G_K, y1, G_z1.t())
+    G_K = y1 @ G_z1.t()
     G_w = torch.addcmul(torch.addcmul(G_z1, v, g1), e1, G_c1).sum(1)
     # a_1 = K u_0 + b_1, g_1 = tanh(a_1)
     G_a1 = torch.addcmul(v, g1, G_c1, value=-2.0) * wc * e1
@@ -337,9 +455,8 @@ def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool):
     # A^T A s in grad, tr((A^T A)[:d, :d]) in the trace
     G_AtA = G @ s.t()
     G_AtA.diagonal()[:d] += G_tr.sum()
-    G_A = A @ (G_AtA + G_AtA.t())
     G_s = torch.addmm(AtA @ G, K0.t(), G_a0) if need_s else None
-    return (G_s, G_K0, G_a0.sum(1), G_w, G_A, G.sum(1), G_K, G_a1.sum(1))
+    return G_s, [G_K0, G_a0.sum(1), G_w, None, G.sum(1), G_K, G_a1.sum(1)], (G_AtA, G_bsq, G_W)
 
 
 class _GradTrace(torch.autograd.Function):
@@ -352,15 +469,26 @@ class _GradTrace(torch.autograd.Function):
     @staticmethod
     def forward(ctx, d: int, h: float, gd: torch.dtype, block: int, s: Tensor, *params: Tensor):
         grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params)
-        ctx.d, ctx.h, ctx.gd = d, h, gd
-        ctx.save_for_backward(*saved)
+        ctx.d, ctx.h, ctx.gd, ctx.n_params = d, h, gd, len(params)
+        ctx.save_for_backward(*saved, *params)
         return grad, trace
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, G: Tensor, G_tr: Tensor):
-        grads = grad_trace_backward(ctx.d, ctx.h, ctx.gd, ctx.saved_tensors, G, G_tr, ctx.needs_input_grad[4])
-        return (None,) * 4 + grads
+        saved, params = ctx.saved_tensors[: -ctx.n_params], ctx.saved_tensors[-ctx.n_params :]
+        G_s, grads, G_prepared = grad_trace_backward(
+            ctx.d, ctx.h, ctx.gd, saved, G, G_tr, ctx.needs_input_grad[4]
+        )
+        return (None,) * 4 + (G_s, *add_grads(grads, prepare_vjp(ctx.d, params, *G_prepared)))
+
+
+def add_grads(grads: list[Tensor | None], more: list[Tensor | None]) -> list[Tensor | None]:
+    """``grads + more`` entry by entry, in place where ``grads`` has a tensor; ``None`` is zero."""
+    for i, g in enumerate(more):
+        if g is not None:
+            grads[i] = g if grads[i] is None else grads[i].add_(g)
+    return grads
 
 
 class Potential(nn.Module):

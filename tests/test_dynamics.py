@@ -152,14 +152,22 @@ def autograd_field(phi: Potential):
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("n_layers", [1, 2])
 @pytest.mark.parametrize("block", [1 << 20, 40])  # the one-block path (M = 1), and chunks of samples
-def test_training_gradients_through_the_flow_equal_autograd(n_layers, block, inverse, monkeypatch):
-    """Training backpropagates through the whole RK4 integration as one node: against double autograd."""
+@pytest.mark.parametrize("same_ell_weight", [False, True])  # True: the W part from the forward pass
+def test_training_gradients_through_the_flow_equal_autograd(
+    n_layers, block, inverse, same_ell_weight, monkeypatch
+):
+    """Training backpropagates through the whole RK4 integration as one node: against double autograd.
+
+    Where the (one-layer) trace blocks are too large to keep and ell's weight is the same for every
+    sample (as in a mean loss), the trace's gradient with respect to W comes from the forward pass."""
     from sklearn_otflow import _potential
 
     monkeypatch.setattr(_potential, "_BLOCK", block)
     phi = random_potential(d=3, width=6, n_layers=n_layers, seed=4)
     x = torch.randn(9, 3, dtype=F64, requires_grad=True)
     cot = torch.randn(9, 6, dtype=F64)  # weights on z, ell, L and R
+    if same_ell_weight:
+        cot[:, 3] = -1.7
     params = [p for name, p in phi.named_parameters() if name != "c"] + [x]
 
     z, ell, L, R = flow(phi, x, n_steps=3, inverse=inverse)
