@@ -424,6 +424,7 @@ def test_bad_n_samples(fitted, n_samples):
         (dict(batch_size=0), "batch_size"),
         (dict(hidden_width="wide"), "hidden_width"),
         (dict(ema_decay=1.0), "ema_decay"),
+        (dict(n_init=0), "n_init"),
         (dict(weight_decay=-0.1), "weight_decay"),
         (dict(weight_decay="strong"), "weight_decay"),
     ],
@@ -437,6 +438,62 @@ def test_float64_training_and_exact_trace(moons):
     est = OTFlowDensity(max_epochs=2, dtype="float64", trace_precision="exact", **SMALL).fit(moons)
     assert est.net_.module_.potential.A.dtype == torch.float64
     assert np.isfinite(est.score(moons))
+
+
+def _candidate_fit(X, candidate: int, **params) -> OTFlowDensity:
+    """The whole fit of the ``candidate``-th initialization that ``n_init`` draws (no trials)."""
+    est = OTFlowDensity(**params)
+    est._pick_initialization = lambda X, seeds: seeds[candidate]
+    return est.fit(X)
+
+
+@pytest.mark.parametrize("early_stopping, nll", [(True, "valid_nll"), (False, "train_nll")])
+def test_n_init_keeps_the_initialization_whose_first_epochs_score_best(moons, early_stopping, nll):
+    """Each trial is the beginning of its seed's fit (same schedule, batches and validation rows), so
+    the fit kept is the whole fit of the candidate whose NLL after the trial epochs, ceil(max_epochs /
+    25), is lowest: the validation NLL, or the training NLL without a validation split."""
+    params = dict(max_epochs=3, n_init=3, early_stopping=early_stopping, **SMALL)
+    fits = [_candidate_fit(moons, i, **params) for i in range(3)]
+    trial = [fit.history_[0, nll] for fit in fits]  # after 1 = ceil(3 / 25) epoch
+    best = int(np.argmin(trial))
+    assert best != 0 and len(set(trial)) == 3  # the data make the choice matter
+    est = OTFlowDensity(**params).fit(moons)
+    np.testing.assert_array_equal(est.score_samples(moons[:50]), fits[best].score_samples(moons[:50]))
+    assert est.n_iter_ == fits[best].n_iter_
+    # the first candidate is the fit of n_init=1
+    single = OTFlowDensity(**{**params, "n_init": 1}).fit(moons)
+    np.testing.assert_array_equal(single.score_samples(moons[:50]), fits[0].score_samples(moons[:50]))
+
+
+def test_n_init_reports_each_trial_and_a_diverging_trial_loses(moons, monkeypatch, capsys):
+    from sklearn_otflow._net import TrainingDiverged
+
+    seeds = OTFlowDensity(random_state=0)._seeds(3)
+    trained = []
+    original = OTFlowDensity._run_net
+
+    def run_net(self, net, X, seed, initialize, start=None, **fit_params):
+        trained.append((seed, "epochs" in fit_params))
+        if "epochs" in fit_params and seed != seeds[-1]:
+            raise TrainingDiverged("the training loss became nan in epoch 1")
+        return original(self, net, X, seed, initialize, start, **fit_params)
+
+    monkeypatch.setattr(OTFlowDensity, "_run_net", run_net)
+    est = OTFlowDensity(max_epochs=4, n_init=3, verbose=1, **SMALL).fit(moons)
+    assert trained == [(seed, True) for seed in seeds] + [(seeds[-1], False)]
+    assert est.n_iter_ == 4 and np.isfinite(est.score(moons))
+    out = capsys.readouterr().out
+    assert "initialization 1/3: NLL inf" in out and "initialization 3/3: NLL" in out
+
+
+def test_a_warm_start_tries_no_initializations(moons, monkeypatch):
+    est = OTFlowDensity(max_epochs=2, n_init=2, warm_start=True, **SMALL).fit(moons)
+
+    def fail(self, X, seeds):
+        raise AssertionError("a warm start continues the fitted weights: no initializations to try")
+
+    monkeypatch.setattr(OTFlowDensity, "_pick_initialization", fail)
+    assert est.fit(moons).n_iter_ == 2
 
 
 def test_warm_start_continues_from_the_weights_with_the_current_parameters(moons):
