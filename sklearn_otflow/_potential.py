@@ -85,8 +85,8 @@ _BLOCK = 1 << 20
 # second of _BLOCK in float64 at d=10, m=32 (docs/benchmarks.md, "Scale"). Training keeps _BLOCK, whose
 # chunks also serve the backward pass.
 _EVAL_BLOCK_BYTES = 1 << 20
-# Largest (d, m, n) block that _one_layer_forward keeps for its backward (at most 32 MB over a float32
-# training step of 32 stages); larger ones are recomputed there, one chunk of samples at a time.
+# Largest (d, m, n) block for which _one_layer_forward keeps all its (m, n) activations for the backward
+# pass; above, the few it cannot cheaply recompute (at d = 43, m = 256, 512 rows: 92 MB in place of 190).
 _ONE_LAYER_BLOCK = 1 << 18
 # Largest d m^2 for which one residual layer takes _one_layer_forward, whose products go through the
 # (d m, m) matrix W of prepare() and its gradient (64 MB each in float32 at this size).
@@ -358,18 +358,19 @@ def _one_layer_forward(
     with respect to :math:`W` goes to :math:`K` and :math:`B` once per integration, in
     :func:`prepare_vjp`).
 
-    Blocks of at most ``_ONE_LAYER_BLOCK`` entries are kept for the backward pass. Larger ones are
-    computed a few features :math:`l` at a time (at most ``block`` entries, all the samples: a product
-    over a few samples runs far below the machine's rate, d = 43, m = 256, one thread: 39 GFLOP/s over
-    95 samples, 79 over 512), and the backward pass would compute them again, a fourth product. Two of
-    its products need no gradient: with :math:`C = c_1 \odot P`, the trace's gradient with respect to
-    :math:`g_0` is :math:`2 \bar t \odot W^\top C` for any incoming gradient :math:`\bar t`, so
-    :math:`W^\top C` is kept (an (m, n) activation), and its gradient with respect to :math:`W` is
-    :math:`2 \sum_n \bar t_n C_n g_{0,n}^\top`, which is :math:`2 \bar t\, C g_0^\top` where
-    :math:`\bar t` is the same for every sample. Training's loss is a mean, so it is: a
-    :class:`TraceWork` ``work`` collects ``work.weight`` :math:`C g_0^\top`, and the caller, who knows
-    :math:`\bar t`, skips the fourth product (``w_done`` in :func:`grad_trace_backward`). Then only
-    the (m, n) activations that the rest cannot cheaply recompute are kept. ``saved`` starts with
+    The blocks are computed a few features :math:`l` at a time (at most ``block`` entries, over all the
+    samples: a product over a few samples runs far below the machine's rate; d = 43, m = 256, one
+    thread: 39 GFLOP/s over 95 samples, 79 over 512) and not kept. Their backward pass would need them
+    again, a fourth product, but two of its products need no incoming gradient: with
+    :math:`C = c_1 \odot P`, the trace's gradient with respect to :math:`g_0` is
+    :math:`2 \bar t \odot W^\top C` for any incoming gradient :math:`\bar t` (one number per sample),
+    so :math:`W^\top C` is kept, an (m, n) activation; and its gradient with respect to :math:`W`,
+    :math:`2 \sum_n \bar t_n C_n g_{0,n}^\top`, is :math:`2 \bar t\, C g_0^\top` where :math:`\bar t`
+    is the same for every sample, as for training's mean loss. So in training (a :class:`TraceWork`
+    ``work``) the forward pass adds ``work.weight`` :math:`C g_0^\top` to ``work.sum``, and the caller,
+    who knows :math:`\bar t`, skips the fourth product (``w_done`` in :func:`grad_trace_backward`);
+    otherwise the backward pass computes the blocks again. Above ``_ONE_LAYER_BLOCK`` entries only the
+    (m, n) activations that the backward pass cannot cheaply recompute are kept. ``saved`` starts with
     ``None`` to mark this path.
     """
     K0, b0, w, A, b, K, b1 = params
@@ -390,28 +391,27 @@ def _one_layer_forward(
     e0z1 = e0 * z1
     e1 = 1.0 - g1 * g1
     c1 = e1 * wc
-    if m * d * n <= min(block, _ONE_LAYER_BLOCK):
-        P = (W @ g0).view(d, m, n)
-        sq = torch.linalg.vecdot(P, P, dim=0)
-        saved = (g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, P, None)
+    sq = WtC = None
+    for rows in _feature_chunks(d, m, n, block):
+        Pc = (W[rows] @ g0).view(-1, m, n)
+        part = torch.linalg.vecdot(Pc, Pc, dim=0)
+        sq = part if sq is None else sq.add_(part)
+        if work is not None:
+            C = Pc.mul_(c1).view(-1, n)
+            WtC = W[rows].t() @ C if WtC is None else WtC.addmm_(W[rows].t(), C)
+            work.sum[rows].addmm_(C, g0.t(), alpha=work.weight)
+            work.used = True
+    if m * d * n <= _ONE_LAYER_BLOCK:  # small: keep the activations rather than recompute them
+        saved = (g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, WtC)
     else:
-        sq, WtC = torch.zeros_like(g0), None if work is None else torch.zeros_like(g0)
-        for rows in _feature_chunks(d, m, n, block):
-            Pc = (W[rows] @ g0).view(-1, m, n)
-            sq += torch.linalg.vecdot(Pc, Pc, dim=0)
-            if work is not None:
-                C = Pc.mul_(c1).view(-1, n)
-                WtC.addmm_(W[rows].t(), C)
-                work.sum[rows].addmm_(C, g0.t(), alpha=work.weight)
-                work.used = True
-        saved = (a0, None, g1, None, None, None, None, z1, None, None, None, WtC)
+        saved = (a0, None, g1, None, None, None, None, z1, None, None, WtC)
     trace = torch.addmv((c1 * sq).sum(0), e0z1.t(), bsq) + trace_AtA
     return grad, trace, (None, s, K0, w, AtA, K, W, *saved, sq, bsq)
 
 
 def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool, w_done: bool):
     """:func:`grad_trace_backward` for :func:`_one_layer_forward`."""
-    s, K0, w, AtA, K, W, g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, P, WtC, sq, bsq = saved
+    s, K0, w, AtA, K, W, g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, WtC, sq, bsq = saved
     m, n = K0.shape[0], s.shape[1]
     wc, Gt = w.unsqueeze(1), G_tr.unsqueeze(0)
     if e0 is None:  # the large-block path kept only what these are made of
@@ -422,11 +422,7 @@ def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool, w_
     G_c1 = sq * Gt
     C = 2.0 * c1 * Gt
     G_W = None
-    if P is not None:
-        G_P = (P * C).view(d * m, n)
-        G_W = G_P @ g0.t()
-        G_g0 = W.t() @ G_P
-    elif WtC is not None and w_done:  # see _one_layer_forward
+    if WtC is not None and w_done:  # see _one_layer_forward
         G_g0 = 2.0 * WtC * Gt
     else:  # the blocks again, a few features at a time, as the forward pass computed them
         G_W, G_g0 = torch.empty_like(W), torch.zeros_like(g0)
