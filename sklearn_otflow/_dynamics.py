@@ -222,6 +222,7 @@ class _RK4Flow(torch.autograd.Function):
         # -dt b_i G[:, d] for its trace (b = 1/6, 1/3, 1/3, 1/6): where that is the same for every
         # sample, as for a mean over the batch, the forward pass has summed the W part up (ctx.w_sum)
         w_done = ctx.w_sum is not None and bool((G[:, d] == G[0, d]).all())
+        w_scale = -2.0 * dt * G[0, d].item() if w_done else 1.0  # see _one_layer_forward: 2 t_bar
 
         def vjp(stage: int, G_k: Tensor, need_x: bool = True):
             nonlocal G_params, G_prepared
@@ -257,9 +258,7 @@ class _RK4Flow(torch.autograd.Function):
         # the parameter-only quantities of prepare() are the same at every stage: their gradients,
         # summed over the stages, go back to the parameters once
         if w_done:  # no stage added a G_W
-            G_prepared[2], w_scale = ctx.w_sum, -2.0 * dt * G[0, d].item()
-        else:
-            w_scale = 1.0
+            G_prepared[2] = ctx.w_sum
         add_grads(G_params, prepare_vjp(d, ctx.saved_tensors, *G_prepared, w_scale=w_scale))
         return (None,) * 7 + (G if need_y0 else None, *G_params)
 

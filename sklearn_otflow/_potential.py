@@ -86,7 +86,7 @@ _BLOCK = 1 << 20
 # chunks also serve the backward pass.
 _EVAL_BLOCK_BYTES = 1 << 20
 # Largest (d, m, n) block for which _one_layer_forward keeps all its (m, n) activations for the backward
-# pass; above, the few it cannot cheaply recompute (at d = 43, m = 256, 512 rows: 92 MB in place of 190).
+# pass (12 per stage); above, only the 5 it cannot cheaply recompute.
 _ONE_LAYER_BLOCK = 1 << 18
 # Largest d m^2 for which one residual layer takes _one_layer_forward, whose products go through the
 # (d m, m) matrix W of prepare() and its gradient (64 MB each in float32 at this size).
