@@ -259,6 +259,8 @@ class _RK4Flow(torch.autograd.Function):
         # summed over the stages, go back to the parameters once
         if w_done:  # no stage added a G_W
             G_prepared[2] = ctx.w_sum
+        if not keep:  # as the tape: the next iteration's forward pass may run while this graph lives
+            ctx.w_sum = None
         add_grads(G_params, prepare_vjp(d, ctx.saved_tensors, *G_prepared, w_scale=w_scale))
         return (None,) * 7 + (G if need_y0 else None, *G_params)
 
