@@ -39,7 +39,7 @@ pipe = make_pipeline(
     OTFlowDensity(
         standardize=False,
         early_stopping=False,
-        max_epochs=60,
+        max_epochs=30,
         n_steps=4,
         random_state=0,
     ),
