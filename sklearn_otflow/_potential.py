@@ -422,11 +422,11 @@ def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool, w_
         c1, y1, q, e0z1 = e1 * wc, g1 * wc, g0 * z1, e0 * z1
     # t_1 = sum_j c1_j sq_j, sq_j = sum_l P_lj^2, P = W g0: the gradient with respect to P is C P
     G_c1 = sq * Gt
-    C = 2.0 * c1 * Gt
     G_W = None
     if WtC is not None and w_done:  # see _one_layer_forward
         G_g0 = 2.0 * WtC * Gt
     else:  # the blocks again, a few features at a time, as the forward pass computed them
+        C = 2.0 * c1 * Gt
         G_W, G_g0 = torch.empty_like(W), torch.zeros_like(g0)
         for rows in _feature_chunks(d, m, n, _BLOCK):
             G_P = (W[rows] @ g0).view(-1, m, n).mul_(C).view(-1, n)
