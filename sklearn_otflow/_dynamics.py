@@ -187,10 +187,10 @@ class _RK4Flow(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, d, h, gd, block, t0, t1, n_steps, y0, *params):
-        tape, prepared = [], prepare(d, params)
+        tape, prepared = [], prepare(d, params, exact=gd == y0.dtype)
         # the stages' shared scratch, which accumulates the trace's gradient with respect to prepare()'s
         # W, each stage weighted as its k_i is in the RK4 update (see _one_layer_forward)
-        work = TraceWork(prepared[3]) if prepared[3] is not None and gd == y0.dtype else None
+        work = None if prepared[3] is None else TraceWork(prepared[3])
 
         def f(t: float, y: State) -> State:
             if work is not None:
@@ -275,7 +275,7 @@ def ot_dynamics(
     on it instead of four.
     """
     d, h, params = potential.n_features, potential.h, potential._flat_parameters()
-    prepared = prepare(d, params)
+    prepared = prepare(d, params, exact=gemm_dtype in (None, params[0].dtype))
 
     def f(t: float, y: State) -> State:
         gd = gemm_dtype or y[0].dtype

@@ -169,11 +169,14 @@ def _trace_vjp(h: float, gd: torch.dtype, g0, z1, B, Ks, ss, zs, sqs, grad_tr: T
     return grad_g0, grad_z1, grad_B, grad_K, grad_s, grad_z
 
 
-def prepare(d: int, params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+def prepare(
+    d: int, params: tuple[Tensor, ...], exact: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     r"""What :func:`grad_trace_forward` needs of the parameters alone: :math:`A^\top A`,
     :math:`\operatorname{tr}((A^\top A)_{1:d,1:d})`, the squared row norms of :math:`B = (K_0)_{:, 1:d}`
     and, for one residual layer (:func:`_one_layer_forward`), :math:`W` of shape (d m, m) with
-    :math:`W_{(l, j), k} = K_{jk} B_{kl}` (``None`` otherwise).
+    :math:`W_{(l, j), k} = K_{jk} B_{kl}` (``None`` otherwise, and where the blocks are not ``exact``:
+    with lower-precision blocks the general path runs).
 
     An integration computes them once for all its RK4 stages, and :func:`prepare_vjp` takes their
     gradients, summed over the stages, back to the parameters once.
@@ -182,7 +185,7 @@ def prepare(d: int, params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor,
     AtA = A.t() @ A
     B = K0[:, :d]
     W = None
-    if len(params) == 7 and d * K0.shape[0] ** 2 <= _ONE_LAYER_W:
+    if exact and len(params) == 7 and d * K0.shape[0] ** 2 <= _ONE_LAYER_W:
         K = params[5]
         W = torch.mul(K.unsqueeze(0), B.t().unsqueeze(1), out=K.new_empty(d, *K.shape)).view(-1, K.shape[1])
     return AtA, torch.diagonal(AtA)[:d].sum(), (B * B).sum(1), W
@@ -253,7 +256,7 @@ def grad_trace_forward(
     """
     K0, b0, w, A, b, *layers = params
     M = len(layers) // 2
-    prepared = prepared or prepare(d, params)
+    prepared = prepared or prepare(d, params, exact=gd == s.dtype)
     if M == 1 and gd == s.dtype and prepared[3] is not None:
         return _one_layer_forward(d, s, params, prepared, block, work)
     Ks, bs = layers[:M], layers[M:]
