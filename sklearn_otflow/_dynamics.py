@@ -33,6 +33,7 @@ from ._potential import (
     add_grads,
     grad_trace_backward,
     grad_trace_forward,
+    one_layer,
     prepare,
     prepare_vjp,
 )
@@ -115,7 +116,8 @@ def _field(
     :func:`~sklearn_otflow._potential.grad_trace_forward`.
     """
     n = y.shape[0]
-    s = y.new_empty(d + 1, n)  # (x, t), samples last
+    slots = None if work is None else work.next_stage()
+    s = y.new_empty(d + 1, n) if slots is None else slots[0]  # (x, t), samples last
     s[:d] = y[:, :d].t()
     s[d] = t
     grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params, prepared, work)
@@ -187,10 +189,12 @@ class _RK4Flow(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, d, h, gd, block, t0, t1, n_steps, y0, *params):
-        tape, prepared = [], prepare(d, params, exact=gd == y0.dtype)
-        # the stages' shared scratch, which accumulates the trace's gradient with respect to prepare()'s
-        # W, each stage weighted as its k_i is in the RK4 update (see _one_layer_forward)
-        work = None if prepared[3] is None else TraceWork(prepared[3])
+        # the stages' shared scratch, which holds prepare()'s W and accumulates the trace's gradient with
+        # respect to it, each stage weighted as its k_i is in the RK4 update (see _one_layer_forward)
+        exact, work = gd == y0.dtype, None
+        if one_layer(d, params, exact):
+            work = TraceWork(d, params[0].shape[0], y0.shape[0], 4 * n_steps, block, params[0])
+        tape, prepared = [], prepare(d, params, exact, None if work is None else work.W)
 
         def f(t: float, y: State) -> State:
             if work is not None:

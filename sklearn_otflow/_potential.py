@@ -169,8 +169,14 @@ def _trace_vjp(h: float, gd: torch.dtype, g0, z1, B, Ks, ss, zs, sqs, grad_tr: T
     return grad_g0, grad_z1, grad_B, grad_K, grad_s, grad_z
 
 
+def one_layer(d: int, params: tuple[Tensor, ...], exact: bool = True) -> bool:
+    """Whether the trace takes :func:`_one_layer_forward` (and :func:`prepare` builds :math:`W`): one
+    residual layer, exact blocks, and :math:`d m^2` at most ``_ONE_LAYER_W``."""
+    return exact and len(params) == 7 and d * params[0].shape[0] ** 2 <= _ONE_LAYER_W
+
+
 def prepare(
-    d: int, params: tuple[Tensor, ...], exact: bool = True
+    d: int, params: tuple[Tensor, ...], exact: bool = True, W_out: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     r"""What :func:`grad_trace_forward` needs of the parameters alone: :math:`A^\top A`,
     :math:`\operatorname{tr}((A^\top A)_{1:d,1:d})`, the squared row norms of :math:`B = (K_0)_{:, 1:d}`
@@ -179,15 +185,17 @@ def prepare(
     with lower-precision blocks the general path runs).
 
     An integration computes them once for all its RK4 stages, and :func:`prepare_vjp` takes their
-    gradients, summed over the stages, back to the parameters once.
+    gradients, summed over the stages, back to the parameters once. ``W_out``: where to write
+    :math:`W` (a :class:`TraceWork`'s).
     """
     K0, A = params[0], params[3]
     AtA = A.t() @ A
     B = K0[:, :d]
     W = None
-    if exact and len(params) == 7 and d * K0.shape[0] ** 2 <= _ONE_LAYER_W:
+    if one_layer(d, params, exact):
         K = params[5]
-        W = torch.mul(K.unsqueeze(0), B.t().unsqueeze(1), out=K.new_empty(d, *K.shape)).view(-1, K.shape[1])
+        out = K.new_empty(d, *K.shape) if W_out is None else W_out.view(d, *K.shape)
+        W = torch.mul(K.unsqueeze(0), B.t().unsqueeze(1), out=out).view(-1, K.shape[1])
     return AtA, torch.diagonal(AtA)[:d].sum(), (B * B).sum(1), W
 
 
@@ -224,12 +232,52 @@ def prepare_vjp(
 
 
 class TraceWork:
-    """Accumulates, over the stages of an integration, each stage's ``weight`` times the trace's gradient
-    with respect to :func:`prepare`'s :math:`W`, summed over the samples (see :func:`_one_layer_forward`);
-    ``used`` says whether any stage added to ``sum``."""
+    r"""Scratch that the ``n_stages`` stages of a training integration over ``n`` samples share, for one
+    residual layer (:func:`one_layer`): :func:`prepare`'s :math:`W`, and
 
-    def __init__(self, W: Tensor) -> None:
-        self.sum, self.weight, self.used = torch.zeros_like(W), 1.0, False
+    * ``sum``, which accumulates each stage's ``weight`` times the trace's gradient with respect to
+      :math:`W`, summed over the samples (see :func:`_one_layer_forward`); ``used`` says whether any
+      stage added to it;
+    * a buffer for one chunk of a stage's blocks (:meth:`blocks`; ``block`` entries at most, as
+      :func:`_feature_chunks` cuts them);
+    * above ``_ONE_LAYER_BLOCK`` entries, what each stage keeps for the backward pass: its input
+      :math:`s` and :math:`\nabla_s\Phi`, (d + 1, n) each, and five (m, n) activations
+      (:meth:`next_stage`).
+
+    All are slices of one allocation. Allocated one by one, stage by stage, kept activations and
+    transient blocks interleave on the heap and leave holes too small to reuse: at d = 43, width 256,
+    512 samples, the C library's heap grew to 1.5 to 2 times what was in use, and the peak RSS of a
+    training iteration varied by 140 MB from run to run.
+    """
+
+    def __init__(self, d: int, m: int, n: int, n_stages: int, block: int, like: Tensor) -> None:
+        rows = _feature_chunks(d, m, n, block)[0].stop  # the first chunk is the largest
+        large = m * d * n > _ONE_LAYER_BLOCK
+        per_stage = 2 * (d + 1) * n + 5 * m * n
+        sizes = (d * m * m, d * m * m, rows * n, n_stages * per_stage if large else 0)
+        W, S, blocks, kept = like.new_empty(sum(sizes)).split(sizes)
+        self.W, self.sum = W.view(d * m, m), S.view(d * m, m).zero_()
+        self.weight, self.used = 1.0, False
+        self._blocks = blocks
+        self._kept = kept.view(n_stages, per_stage) if large else None
+        self._shapes, self._stage = (d, m, n), 0
+        self.current: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def next_stage(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        r"""Moves on to the next stage; ``current`` becomes, and this returns, where the stage keeps
+        :math:`s` (d + 1, n), :math:`\nabla_s\Phi` (d + 1, n) and its five (m, n) activations
+        (5, m, n), or ``None`` where activations are small (or the stages are all used)."""
+        self.current = None
+        if self._kept is not None and self._stage < self._kept.shape[0]:
+            d, m, n = self._shapes
+            s, grad, acts = self._kept[self._stage].split(((d + 1) * n, (d + 1) * n, 5 * m * n))
+            self.current = (s.view(d + 1, n), grad.view(d + 1, n), acts.view(5, m, n))
+            self._stage += 1
+        return self.current
+
+    def blocks(self, rows: int, n: int) -> Tensor:
+        """A (rows, n) buffer for one chunk of a stage's blocks, the same memory every time."""
+        return self._blocks[: rows * n].view(rows, n)
 
 
 def grad_trace_forward(
@@ -381,15 +429,18 @@ def _one_layer_forward(
     K0, b0, w, A, b, K, b1 = params
     AtA, trace_AtA, bsq, W = prepared
     m, n = K0.shape[0], s.shape[1]
-    a0 = torch.addmm(b0.unsqueeze(1), K0, s)
+    # where the kept activations go: the integration's one allocation (large blocks, training)
+    slots = None if work is None else work.current
+    kept = [None] * 6 if slots is None else [*slots[2], slots[1]]
+    a0 = torch.addmm(b0.unsqueeze(1), K0, s, out=kept[0])
     g0 = torch.tanh(a0)
     u0 = log_cosh(a0)
-    g1 = torch.tanh(torch.addmm(b1.unsqueeze(1), K, u0))
+    g1 = torch.addmm(b1.unsqueeze(1), K, u0, out=kept[1]).tanh_()
     wc = w.unsqueeze(1)
     y1 = g1 * wc
-    z1 = torch.addmm(wc, K.t(), y1)  # z_1 = w + K^T (s_1 w)
+    z1 = torch.addmm(wc, K.t(), y1, out=kept[2])  # z_1 = w + K^T (s_1 w)
     q = g0 * z1
-    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), q)
+    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), q, out=kept[5])
     # trace = t_0 + t_1 + tr((A^T A)[:d, :d]):  t_0 = bsq . (e0 z1),  t_1 = sum_j c1_j sq_j with
     # sq_j = sum_l P_lj^2, P = W g0 (d, m, n); e_i = 1 - g_i^2, c1 = e1 w, bsq_j = |B_j|^2
     e0 = 1.0 - g0 * g0
@@ -398,12 +449,18 @@ def _one_layer_forward(
     c1 = e1 * wc
     sq = WtC = None
     for rows in _feature_chunks(d, m, n, block):
-        Pc = (W[rows] @ g0).view(-1, m, n)
-        part = torch.linalg.vecdot(Pc, Pc, dim=0)
-        sq = part if sq is None else sq.add_(part)
+        out = None if work is None else work.blocks(rows.stop - rows.start, n)
+        Pc = torch.mm(W[rows], g0, out=out).view(-1, m, n)
+        if sq is None:
+            sq = torch.linalg.vecdot(Pc, Pc, dim=0, out=kept[4])
+        else:
+            sq.add_(torch.linalg.vecdot(Pc, Pc, dim=0))
         if work is not None:
             C = Pc.mul_(c1).view(-1, n)
-            WtC = W[rows].t() @ C if WtC is None else WtC.addmm_(W[rows].t(), C)
+            if WtC is None:
+                WtC = torch.mm(W[rows].t(), C, out=kept[3])
+            else:
+                WtC.addmm_(W[rows].t(), C)
             work.sum[rows].addmm_(C, g0.t(), alpha=work.weight)
             work.used = True
     if m * d * n <= _ONE_LAYER_BLOCK:  # small: keep the activations rather than recompute them
