@@ -176,7 +176,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         trial epochs included: ``n_init * ceil(max_epochs / 25)`` epochs more than one fit. On
         make_moons the initialization decides much of the score (one split, six seeds: -0.316 to
         -0.399), and the validation NLL of the early epochs ranks the final scores well (see the
-        benchmarks page). Not used by ``partial_fit`` or a warm start, which continue fitted weights.
+        benchmarks page). Over six seeds per dataset, the best of 3 gained 0.026 nats on average on
+        the checkerboard, 0.009 on make_moons and 0.002 on 8 Gaussians, for 12 % more epochs. Not used
+        by ``partial_fit`` or a warm start, which continue fitted weights.
     batch_size : int or "auto", default="auto"
         Minibatch size. ``"auto"`` is ``min(256, max(32, n_train // 20))`` rows, ``n_train`` the rows
         left after the validation split (256 in ``partial_fit``): 256 rows from 5,120 training rows up,
