@@ -31,6 +31,7 @@ from ._potential import (
     TraceWork,
     _block_entries,
     add_grads,
+    deep,
     grad_trace_backward,
     grad_trace_forward,
     one_layer,
@@ -191,9 +192,11 @@ class _RK4Flow(torch.autograd.Function):
     def forward(ctx, d, h, gd, block, t0, t1, n_steps, y0, *params):
         # the stages' shared scratch, which holds prepare()'s W and accumulates the trace's gradient with
         # respect to it, each stage weighted as its k_i is in the RK4 update (see _one_layer_forward)
-        exact, work = gd == y0.dtype, None
+        exact, work, (m, n) = gd == y0.dtype, None, (params[0].shape[0], y0.shape[0])
         if one_layer(d, params, exact):
-            work = TraceWork(d, params[0].shape[0], y0.shape[0], 4 * n_steps, block, params[0])
+            work = TraceWork(d, m, n, 4 * n_steps, block, params[0])
+        elif deep(d, params, n, exact):  # several layers: what the stages keep, in one allocation
+            work = TraceWork(d, m, n, 4 * n_steps, block, params[0], n_layers=(len(params) - 5) // 2)
         tape, prepared = [], prepare(d, params, exact, None if work is None else work.W)
 
         def f(t: float, y: State) -> State:

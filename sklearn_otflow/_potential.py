@@ -25,7 +25,8 @@ instead of storing them. With one residual layer, :func:`_one_layer_forward` spe
 out in fewer operations, with the blocks as products of one (d m, m) matrix of the weights, and in
 training it sums their gradient up in the forward pass: three large products per RK4 stage instead of
 four, and at small :math:`d`, where a step is bound by the number of operations rather than their size,
-fewer operations (docs: benchmarks).
+fewer operations (docs: benchmarks). With several layers and small blocks, :func:`_deep_forward` keeps
+the blocks for the backward pass and runs half the general path's operations.
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ from torch.nn import functional as F
 __all__ = ["Potential", "log_cosh"]
 
 
-def log_cosh(u: Tensor) -> Tensor:
-    r"""Overflow-safe :math:`\sigma(u) = \log(2\cosh u) = u + \log(1 + e^{-2u})` (softplus).
+def log_cosh(u: Tensor, out: Tensor | None = None) -> Tensor:
+    r"""Overflow-safe :math:`\sigma(u) = \log(2\cosh u) = u + \log(1 + e^{-2u})` (softplus), into
+    ``out`` if given.
 
     >>> log_cosh(torch.tensor([0.0, 1000.0])).tolist()
     [0.6931471824645996, 1000.0]
     """
-    return u + F.softplus(-2.0 * u, threshold=40.0)  # exact to double precision: e^-40 < 1e-17
+    # exact to double precision: e^-40 < 1e-17
+    return torch.add(u, F.softplus(-2.0 * u, threshold=40.0), out=out)
 
 
 def _jacobian_chain(
@@ -90,6 +93,9 @@ _EVAL_BLOCK_BYTES = 1 << 20
 # Largest (d, m, n) block for which _one_layer_forward keeps all its (m, n) activations for the backward
 # pass (12 per stage); above, only the 5 it cannot cheaply recompute.
 _ONE_LAYER_BLOCK = 1 << 18
+# Largest (m, d, n) block for which several residual layers take _deep_forward, which keeps every
+# block for the backward pass (2 M per stage) instead of computing them again.
+_DEEP_BLOCK = 1 << 18
 # Largest d m^2 for which one residual layer takes _one_layer_forward, whose products go through the
 # (d m, m) matrix W of prepare() and its gradient (64 MB each in float32 at this size).
 _ONE_LAYER_W = 1 << 24
@@ -231,9 +237,17 @@ def prepare_vjp(
     return grads
 
 
+def deep(d: int, params: tuple[Tensor, ...], n: int, exact: bool = True) -> bool:
+    """Whether the trace over ``n`` samples takes :func:`_deep_forward`: several residual layers, exact
+    blocks, and (m, d, n) blocks of ``_DEEP_BLOCK`` entries at most."""
+    return exact and len(params) > 7 and params[0].shape[0] * d * n <= _DEEP_BLOCK
+
+
 class TraceWork:
     r"""Scratch that the ``n_stages`` stages of a training integration over ``n`` samples share, for one
-    residual layer (:func:`one_layer`): :func:`prepare`'s :math:`W`, and
+    residual layer (:func:`one_layer`) or for several with small blocks (:func:`deep`).
+
+    For one layer: :func:`prepare`'s :math:`W`, and
 
     * ``sum``, which accumulates each stage's ``weight`` times the trace's gradient with respect to
       :math:`W`, summed over the samples (see :func:`_one_layer_forward`); ``used`` says whether any
@@ -244,35 +258,55 @@ class TraceWork:
       :math:`s` and :math:`\nabla_s\Phi`, (d + 1, n) each, and five (m, n) activations
       (:meth:`next_stage`).
 
+    For :math:`M \ge 2` layers (``n_layers``), what each stage keeps: :math:`s`, :math:`\nabla_s\Phi`,
+    :math:`4 M + 1` activations and the :math:`M` blocks :math:`P_i` (see :func:`_deep_forward`).
+
     All are slices of one allocation. Allocated one by one, stage by stage, kept activations and
     transient blocks interleave on the heap and leave holes too small to reuse: at d = 43, width 256,
     512 samples, the C library's heap grew to 1.5 times what was in use at the end of a forward pass
     (2.4 times after the backward pass), and the peak RSS of a training iteration varied by 140 MB
-    from run to run.
+    from run to run. With two layers at d = 2, the C library handed the stages' tensors back to the
+    system after each backward pass and took them again in the next forward pass, page by page.
     """
 
-    def __init__(self, d: int, m: int, n: int, n_stages: int, block: int, like: Tensor) -> None:
-        rows = _feature_chunks(d, m, n, block)[0].stop  # the first chunk is the largest
-        large = m * d * n > _ONE_LAYER_BLOCK
-        per_stage = 2 * (d + 1) * n + 5 * m * n
-        sizes = (d * m * m, d * m * m, rows * n, n_stages * per_stage if large else 0)
+    def __init__(
+        self, d: int, m: int, n: int, n_stages: int, block: int, like: Tensor, n_layers: int = 1
+    ) -> None:
+        if n_layers == 1:
+            rows = _feature_chunks(d, m, n, block)[0].stop  # the first chunk is the largest
+            n_acts, n_blocks = (5 if m * d * n > _ONE_LAYER_BLOCK else 0), 0
+            scratch = (d * m * m, d * m * m, rows * n)
+        else:
+            n_acts, n_blocks = 4 * n_layers + 1, n_layers
+            scratch = (0, 0, 0)
+        self._layout = ((d + 1) * n, (d + 1) * n, n_acts * m * n, n_blocks * m * d * n)
+        per_stage = sum(self._layout) if n_acts else 0
+        sizes = (*scratch, n_stages * per_stage)
         W, S, blocks, kept = like.new_empty(sum(sizes)).split(sizes)
-        self.W, self.sum = W.view(d * m, m), S.view(d * m, m).zero_()
+        self.W = self.sum = None
+        if n_layers == 1:
+            self.W, self.sum = W.view(d * m, m), S.view(d * m, m).zero_()
         self.weight, self.used = 1.0, False
         self._blocks = blocks
-        self._kept = kept.view(n_stages, per_stage) if large else None
-        self._shapes, self._stage = (d, m, n), 0
-        self.current: tuple[Tensor, Tensor, Tensor] | None = None
+        self._kept = kept.view(n_stages, per_stage) if per_stage else None
+        self._shapes, self._stage = (d, m, n, n_acts, n_blocks), 0
+        self.current: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
-    def next_stage(self) -> tuple[Tensor, Tensor, Tensor] | None:
+    def next_stage(self) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
         r"""Moves on to the next stage; ``current`` becomes, and this returns, where the stage keeps
-        :math:`s` (d + 1, n), :math:`\nabla_s\Phi` (d + 1, n) and its five (m, n) activations
-        (5, m, n), or ``None`` where activations are small (or the stages are all used)."""
+        :math:`s` (d + 1, n), :math:`\nabla_s\Phi` (d + 1, n), its activations (k, m, n) and its blocks
+        (M, m, d, n), or ``None`` where it keeps nothing here (one layer, small blocks) or the stages
+        are all used."""
         self.current = None
         if self._kept is not None and self._stage < self._kept.shape[0]:
-            d, m, n = self._shapes
-            s, grad, acts = self._kept[self._stage].split(((d + 1) * n, (d + 1) * n, 5 * m * n))
-            self.current = (s.view(d + 1, n), grad.view(d + 1, n), acts.view(5, m, n))
+            d, m, n, n_acts, n_blocks = self._shapes
+            s, grad, acts, blocks = self._kept[self._stage].split(self._layout)
+            self.current = (
+                s.view(d + 1, n),
+                grad.view(d + 1, n),
+                acts.view(n_acts, m, n),
+                blocks.view(n_blocks, m, d, n),
+            )
             self._stage += 1
         return self.current
 
@@ -292,10 +326,11 @@ def grad_trace_forward(
     work: TraceWork | None = None,
 ):
     r""":math:`\nabla_s\Phi` (d + 1, n) and the trace (n,) at ``s`` (d + 1, n), samples last, and what
-    :func:`grad_trace_backward` needs. ``params`` is ``(K0, b0, w, A, b, K_1..K_M, b_1..b_M)``;
+    :func:`grad_trace_backward` needs (first the name of the path taken: ``"one"``, ``"deep"`` or
+    ``"general"``). ``params`` is ``(K0, b0, w, A, b, K_1..K_M, b_1..b_M)``;
     ``prepared`` is :func:`prepare`'s result for them (computed here if ``None``). ``work``, a
     :class:`TraceWork`, is the scratch that the stages of an integration share in
-    :func:`_one_layer_forward` (see there).
+    :func:`_one_layer_forward` and :func:`_deep_forward` (see there).
 
     No autograd inside: the nodes that train through this (:class:`_GradTrace` here, the dynamics'
     field in :mod:`~sklearn_otflow._dynamics`) call :func:`grad_trace_backward` for their backward.
@@ -308,6 +343,8 @@ def grad_trace_forward(
     prepared = prepared or prepare(d, params, exact=gd == s.dtype)
     if M == 1 and gd == s.dtype and prepared[3] is not None:
         return _one_layer_forward(d, s, params, prepared, block, work)
+    if deep(d, params, s.shape[1], gd == s.dtype):
+        return _deep_forward(d, h, s, params, prepared, work)
     Ks, bs = layers[:M], layers[M:]
     a0 = torch.addmm(b0.unsqueeze(1), K0, s)
     g0 = torch.tanh(a0)
@@ -330,7 +367,7 @@ def grad_trace_forward(
     grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), g0 * zs[0])
     trace, sqs = _trace_forward(h, gd, block, g0, zs[0], K0[:, :d], Ks, gs, zs[1:])
     trace = trace + trace_AtA
-    return grad, trace, (s, K0, w, A, AtA, g0, *Ks, *gs, *us, *zs[:-1], *sqs)
+    return grad, trace, ("general", s, K0, w, A, AtA, g0, *Ks, *gs, *us, *zs[:-1], *sqs)
 
 
 def grad_trace_backward(
@@ -352,8 +389,11 @@ def grad_trace_backward(
     gradient with respect to :math:`W` from the forward pass (:class:`TraceWork`), so ``G_W`` is
     ``None`` where the forward pass accumulated it.
     """
-    if saved[0] is None:
-        return _one_layer_backward(d, saved[1:], G, G_tr, need_s, w_done)
+    kind, *saved = saved
+    if kind == "one":
+        return _one_layer_backward(d, saved, G, G_tr, need_s, w_done)
+    if kind == "deep":
+        return _deep_backward(d, h, saved, G, G_tr, need_s)
     s, K0, w, A, AtA, g0, *rest = saved
     M = len(rest) // 5
     Ks, gs, us, zs, sqs = (list(rest[i * M : (i + 1) * M]) for i in range(5))
@@ -424,8 +464,7 @@ def _one_layer_forward(
     ``work``) the forward pass adds ``work.weight`` :math:`C g_0^\top` to ``work.sum``, and the caller,
     who knows :math:`\bar t`, skips the fourth product (``w_done`` in :func:`grad_trace_backward`);
     otherwise the backward pass computes the blocks again. Above ``_ONE_LAYER_BLOCK`` entries only the
-    (m, n) activations that the backward pass cannot cheaply recompute are kept. ``saved`` starts with
-    ``None`` to mark this path.
+    (m, n) activations that the backward pass cannot cheaply recompute are kept.
     """
     K0, b0, w, A, b, K, b1 = params
     AtA, trace_AtA, bsq, W = prepared
@@ -469,7 +508,7 @@ def _one_layer_forward(
     else:
         saved = (a0, None, g1, None, None, None, None, z1, None, None, WtC)
     trace = torch.addmv((c1 * sq).sum(0), e0z1.t(), bsq) + trace_AtA
-    return grad, trace, (None, s, K0, w, AtA, K, W, *saved, sq, bsq)
+    return grad, trace, ("one", s, K0, w, AtA, K, W, *saved, sq, bsq)
 
 
 def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool, w_done: bool):
@@ -518,6 +557,146 @@ def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool, w_
     return G_s, [G_K0, G_a0.sum(1), G_w, None, G.sum(1), G_K, G_a1.sum(1)], (G_AtA, G_bsq, G_W)
 
 
+def _deep_forward(
+    d: int,
+    h: float,
+    s: Tensor,
+    params: tuple[Tensor, ...],
+    prepared: tuple[Tensor, ...],
+    work: TraceWork | None = None,
+):
+    r""":func:`grad_trace_forward` for :math:`M \ge 2` layers whose (m, d, n) blocks are small
+    (:func:`deep`), exact.
+
+    The formulas of the general path, over all the samples at once, keeping for the backward pass the
+    blocks :math:`P_i = K_i J_{i-1}` that the general path computes again (the :math:`J_i` cost one
+    operation each to rebuild from them). At a few features a step is bound by the number of
+    operations, not their size (d = 2, width 32, 256 samples: a few microseconds each), and this path
+    takes half as many. In training, what a stage keeps goes to ``work.current``: :math:`4M + 1`
+    activations, :math:`g_0, z_1, u_0..u_{M-1}, g_1..g_M, z_2..z_M, sq_1..sq_M`, and the blocks.
+    """
+    K0, b0, w, A, b, *layers = params
+    M = len(layers) // 2
+    Ks, bs = layers[:M], layers[M:]
+    AtA, trace_AtA, bsq, _ = prepared
+    m, n = K0.shape[0], s.shape[1]
+    slots = None if work is None else work.current
+    kept = [None] * (4 * M + 1) if slots is None else list(slots[2].unbind(0))
+    blocks = [None] * M if slots is None else [P.view(m, d * n) for P in slots[3].unbind(0)]
+    # u_0 = sigma(a_0), u_i = u_{i-1} + h sigma(a_i) (i < M), g_i = tanh(a_i)
+    a0 = torch.addmm(b0.unsqueeze(1), K0, s)
+    g0 = torch.tanh(a0, out=kept[0])
+    u = log_cosh(a0, out=kept[2])
+    us, gs = [u], []
+    for i, (K, bi) in enumerate(zip(Ks, bs)):
+        a = torch.addmm(bi.unsqueeze(1), K, u)
+        gs.append(torch.tanh(a, out=kept[M + 2 + i]))
+        if i + 1 < M:
+            u = torch.add(u, log_cosh(a), alpha=h, out=kept[3 + i])
+            us.append(u)
+    # z_{M+1} = w, z_i = z_{i+1} + h K_i^T (g_i z_{i+1})
+    z, zs = w.unsqueeze(1), [w.unsqueeze(1)]
+    for i in reversed(range(M)):
+        z = torch.addmm(z, Ks[i].t(), gs[i] * z, alpha=h, out=kept[2 * M + 1 + i] if i else kept[1])
+        zs.append(z)
+    zs.reverse()  # zs[i] = z_{i+1}, i = 0..M
+    q = g0 * zs[0]
+    grad_out = None if slots is None else slots[1]
+    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), q, out=grad_out)
+    # blocks J_0 = diag(g_0) B, P_i = K_i J_{i-1}, J_i = J_{i-1} + h diag(g_i) P_i, laid out (m, d, n)
+    J = K0[:, :d].unsqueeze(2) * g0.unsqueeze(1)
+    Ps, sqs = [], []
+    for i, K in enumerate(Ks):
+        P = torch.mm(K, J.view(m, -1), out=blocks[i]).view(m, d, n)
+        Ps.append(P)
+        sqs.append(torch.linalg.vecdot(P, P, dim=1, out=kept[3 * M + 1 + i]))
+        if i + 1 < M:
+            J = torch.addcmul(J, P, gs[i].unsqueeze(1), value=h)
+    # trace = bsq . (e_0 z_1) + h sum_i sum_j c_ij sq_ij + tr((A^T A)[:d, :d]), c_i = e_i z_{i+1}
+    S = (1.0 - gs[0] * gs[0]).mul_(zs[1]).mul_(sqs[0])
+    for g, z, sq in zip(gs[1:], zs[2:], sqs[1:]):
+        S.addcmul_((1.0 - g * g).mul_(z), sq)
+    e0z1 = (1.0 - g0 * g0).mul_(zs[0])
+    trace = torch.addmv(S.sum(0), e0z1.t(), bsq, beta=h).add_(trace_AtA)
+    lists = (Ks, gs, us, zs[:M], Ps, sqs)
+    return grad, trace, ("deep", s, K0, w, AtA, bsq, g0, *(x for xs in lists for x in xs))
+
+
+def _deep_backward(d: int, h: float, saved, G: Tensor, G_tr: Tensor, need_s: bool):
+    """:func:`grad_trace_backward` for :func:`_deep_forward`."""
+    s, K0, w, AtA, bsq, g0, *rest = saved
+    M = len(rest) // 6
+    Ks, gs, us, zs, Ps, sqs = (rest[i * M : (i + 1) * M] for i in range(6))
+    m, n = K0.shape[0], s.shape[1]
+    z1, zn = zs[0], [*zs[1:], w.unsqueeze(1)]  # zn[i] = z_{i+2}, what layer i + 1 sees
+    es = [1.0 - g * g for g in gs]
+    hGt = (h * G_tr).unsqueeze(0)
+    # the blocks again: J_0 = diag(g_0) B, J_i = J_{i-1} + h diag(g_i) P_i
+    B = K0[:, :d]
+    Js = [B.unsqueeze(2) * g0.unsqueeze(1)]
+    for i in range(M - 1):
+        Js.append(torch.addcmul(Js[-1], Ps[i], gs[i].unsqueeze(1), value=h))
+    # last layer first: t_i = sum_j c_ij sum_l P_ijl^2 gives P_i the gradient 2 h c_i P_i
+    G_g: list = [None] * M
+    G_K: list = [None] * M
+    gJ = None  # gradient with respect to J_i, (m, d, n)
+    for i in reversed(range(M)):
+        gP = Ps[i] * (es[i] * zn[i]).mul_(2.0 * hGt).unsqueeze(1)
+        if gJ is not None:  # J_{i+1} = J_i + h g_i P_i
+            G_g[i] = torch.linalg.vecdot(gJ, Ps[i], dim=1).mul_(h)
+            gP.addcmul_(gJ, gs[i].unsqueeze(1), value=h)
+        gP = gP.view(m, -1)
+        G_K[i] = torch.mm(gP, Js[i].view(m, -1).t())
+        gJ = (Ks[i].t() @ gP if gJ is None else gJ.view(m, -1).addmm_(Ks[i].t(), gP)).view(m, d, n)
+    # J_0 = diag(g_0) B
+    G_g0 = torch.bmm(B.unsqueeze(1), gJ).squeeze(1)
+    G_B = torch.linalg.vecdot(gJ, g0.unsqueeze(1), dim=2)
+    # c_i = e_i z_{i+1}, e_i = 1 - g_i^2: the gradient with respect to c_i is h sq_i G_tr
+    G_z: list = [None] * (M + 1)  # G_z[i]: with respect to z_{i+1}
+    for i in range(M):
+        G_c = sqs[i] * hGt
+        G_z[i + 1] = G_c * es[i]
+        G_y = G_c.mul_(gs[i]).mul_(zn[i])  # -2 g_i z_{i+1} G_c is the gradient for g_i
+        G_g[i] = G_y.mul_(-2.0) if G_g[i] is None else G_g[i].add_(G_y, alpha=-2.0)
+    # t_0 = bsq . (e_0 z_1), e_0 = 1 - g_0^2
+    e0 = 1.0 - g0 * g0
+    bG = bsq.unsqueeze(1) * G_tr.unsqueeze(0)
+    G_bsq = (e0 * z1) @ G_tr
+    G_z[0] = bG * e0
+    q = g0 * z1
+    G_g0.addcmul_(q, bG, value=-2.0)
+    # grad = A^T A s + b + K_0^T q, q = g_0 z_1
+    G_K0 = q @ G.t()
+    G_q = K0 @ G
+    G_g0.addcmul_(G_q, z1)
+    G_z[0].addcmul_(G_q, g0)
+    # z_i = z_{i+1} + h K_i^T y_i, y_i = g_i z_{i+1}, first layer first
+    for i in range(M):
+        v = Ks[i] @ G_z[i]
+        G_K[i].addmm_(gs[i] * zn[i], G_z[i].t(), alpha=h)
+        G_z[i + 1].add_(G_z[i]).addcmul_(v, gs[i], value=h)
+        G_g[i].addcmul_(v, zn[i], value=h)
+    G_w = G_z[M].sum(1)
+    # a_i = K_i u_{i-1} + b_i, g_i = tanh(a_i), u_i = u_{i-1} + h log_cosh(a_i) (i < M), last layer first
+    G_b, G_u = [None] * M, None
+    for i in reversed(range(M)):
+        G_a = G_g[i].mul_(es[i])
+        if G_u is not None:
+            G_a.addcmul_(G_u, gs[i], value=h)
+        G_K[i].addmm_(G_a, us[i].t())
+        G_b[i] = G_a.sum(1)
+        G_u = Ks[i].t() @ G_a if G_u is None else G_u.addmm_(Ks[i].t(), G_a)
+    # a_0 = K_0 s + b_0, u_0 = log_cosh(a_0), g_0 = tanh(a_0)
+    G_a0 = G_g0.mul_(e0).addcmul_(G_u, g0)
+    G_K0.addmm_(G_a0, s.t())
+    G_K0[:, :d] += G_B
+    # A^T A s in grad, tr((A^T A)[:d, :d]) in the trace
+    G_AtA = G @ s.t()
+    G_AtA.diagonal()[:d] += G_tr.sum()
+    G_s = torch.addmm(AtA @ G, K0.t(), G_a0) if need_s else None
+    return G_s, [G_K0, G_a0.sum(1), G_w, None, G.sum(1), *G_K, *G_b], (G_AtA, G_bsq, None)
+
+
 class _GradTrace(torch.autograd.Function):
     """``(grad, trace)`` of :meth:`Potential.grad_and_trace` as one autograd node, samples last.
 
@@ -527,8 +706,8 @@ class _GradTrace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, d: int, h: float, gd: torch.dtype, block: int, s: Tensor, *params: Tensor):
-        grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params)
-        ctx.d, ctx.h, ctx.gd, ctx.n_params = d, h, gd, len(params)
+        grad, trace, (kind, *saved) = grad_trace_forward(d, h, gd, block, s, params)
+        ctx.d, ctx.h, ctx.gd, ctx.n_params, ctx.kind = d, h, gd, len(params), kind
         ctx.save_for_backward(*saved, *params)
         return grad, trace
 
@@ -537,7 +716,7 @@ class _GradTrace(torch.autograd.Function):
     def backward(ctx, G: Tensor, G_tr: Tensor):
         saved, params = ctx.saved_tensors[: -ctx.n_params], ctx.saved_tensors[-ctx.n_params :]
         G_s, grads, G_prepared = grad_trace_backward(
-            ctx.d, ctx.h, ctx.gd, saved, G, G_tr, ctx.needs_input_grad[4]
+            ctx.d, ctx.h, ctx.gd, (ctx.kind, *saved), G, G_tr, ctx.needs_input_grad[4]
         )
         return (None,) * 4 + (G_s, *add_grads(grads, prepare_vjp(ctx.d, params, *G_prepared)))
 

@@ -153,7 +153,8 @@ def autograd_field(phi: Potential):
 @pytest.mark.parametrize("n_layers", [1, 2])
 @pytest.mark.parametrize("block", [1 << 20, 40])  # the one-block path (M = 1), and chunks of samples
 @pytest.mark.parametrize("same_ell_weight", [False, True])  # True: the W part from the forward pass
-@pytest.mark.parametrize("keep_all", [True, False])  # False: one layer keeps 5 activations, in one buffer
+# False: one layer keeps 5 activations, in one buffer; two take the general path (blocks computed again)
+@pytest.mark.parametrize("keep_all", [True, False])
 def test_training_gradients_through_the_flow_equal_autograd(
     n_layers, block, inverse, same_ell_weight, keep_all, monkeypatch
 ):
@@ -161,12 +162,14 @@ def test_training_gradients_through_the_flow_equal_autograd(
 
     Where ell's weight is the same for every sample (as in a mean loss), the one-layer trace's gradient
     with respect to W comes from the forward pass. Where its blocks are large, one layer keeps only five
-    activations per stage, all stages' in one allocation (TraceWork.kept)."""
+    activations per stage, all stages' in one allocation (TraceWork.kept). Where they are small, several
+    layers keep their blocks, in one allocation too; otherwise they compute them again."""
     from sklearn_otflow import _potential
 
     monkeypatch.setattr(_potential, "_BLOCK", block)
     if not keep_all:
         monkeypatch.setattr(_potential, "_ONE_LAYER_BLOCK", 0)
+        monkeypatch.setattr(_potential, "_DEEP_BLOCK", 0)
     phi = random_potential(d=3, width=6, n_layers=n_layers, seed=4)
     x = torch.randn(9, 3, dtype=F64, requires_grad=True)
     cot = torch.randn(9, 6, dtype=F64)  # weights on z, ell, L and R

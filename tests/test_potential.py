@@ -57,9 +57,12 @@ def test_grad_and_trace_equal_autograd(d, width, n_layers, rank, n, t, x_scale, 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
 @pytest.mark.parametrize("block", [1 << 20, 40])  # one chunk of samples, and many
-def test_parameter_gradients_through_the_trace_equal_autograd(n_layers, block, monkeypatch):
+@pytest.mark.parametrize("keep_blocks", [True, False])  # several layers: _deep_forward, or the general path
+def test_parameter_gradients_through_the_trace_equal_autograd(n_layers, block, keep_blocks, monkeypatch):
     """Training differentiates through grad_and_trace: its custom backward against double autograd."""
     monkeypatch.setattr(_potential, "_BLOCK", block)
+    if not keep_blocks:
+        monkeypatch.setattr(_potential, "_DEEP_BLOCK", 0)
     phi = random_potential(3, 6, n_layers, 4, seed=n_layers)
     x = torch.randn(7, 3, dtype=F64, requires_grad=True)
     weights = torch.randn(7, dtype=F64)
@@ -84,6 +87,18 @@ def test_evaluation_chunks_give_the_training_trace(n_layers, monkeypatch):
         grad_eval, trace_eval = phi.grad_and_trace(x, 0.4)
     assert torch.equal(grad, grad_eval)
     assert rel_err(trace_eval, trace) < 1e-14
+
+
+@pytest.mark.parametrize("n_layers", [2, 3])
+def test_several_layers_give_the_same_values_on_both_paths(n_layers, monkeypatch):
+    """Several layers with small blocks keep them (_deep_forward); larger ones take the general path."""
+    phi = random_potential(5, 7, n_layers, 4, seed=n_layers)
+    x = torch.randn(11, 5, dtype=F64)
+    kept = phi.grad_and_trace(x, -0.3)
+    monkeypatch.setattr(_potential, "_DEEP_BLOCK", 0)
+    general = phi.grad_and_trace(x, -0.3)
+    for a, b in zip(kept, general):
+        assert rel_err(a, b) < 1e-13
 
 
 def test_trace_backward_passes_gradcheck():
