@@ -93,8 +93,8 @@ _EVAL_BLOCK_BYTES = 1 << 20
 # Largest (d, m, n) block for which _one_layer_forward keeps all its (m, n) activations for the backward
 # pass (12 per stage); above, only the 5 it cannot cheaply recompute.
 _ONE_LAYER_BLOCK = 1 << 18
-# Largest (m, d, n) block for which several residual layers take _deep_forward, which keeps every
-# block for the backward pass (2 M per stage) instead of computing them again.
+# Largest (m, d, n) block for which several residual layers take _deep_forward, which keeps the M blocks
+# P_i of each stage for the backward pass instead of computing them again.
 _DEEP_BLOCK = 1 << 18
 # Largest d m^2 for which one residual layer takes _one_layer_forward, whose products go through the
 # (d m, m) matrix W of prepare() and its gradient (64 MB each in float32 at this size).
@@ -254,8 +254,8 @@ class TraceWork:
       stage added to it;
     * a buffer for one chunk of a stage's blocks (:meth:`blocks`; ``block`` entries at most, as
       :func:`_feature_chunks` cuts them);
-    * above ``_ONE_LAYER_BLOCK`` entries, what each stage keeps for the backward pass: its input
-      :math:`s` and :math:`\nabla_s\Phi`, (d + 1, n) each, and five (m, n) activations
+    * what each stage keeps for the backward pass: its input :math:`s` and :math:`\nabla_s\Phi`,
+      (d + 1, n) each, and twelve (m, n) activations, or five above ``_ONE_LAYER_BLOCK`` entries
       (:meth:`next_stage`).
 
     For :math:`M \ge 2` layers (``n_layers``), what each stage keeps: :math:`s`, :math:`\nabla_s\Phi`,
@@ -265,8 +265,10 @@ class TraceWork:
     transient blocks interleave on the heap and leave holes too small to reuse: at d = 43, width 256,
     512 samples, the C library's heap grew to 1.5 times what was in use at the end of a forward pass
     (2.4 times after the backward pass), and the peak RSS of a training iteration varied by 140 MB
-    from run to run. With two layers at d = 2, the C library handed the stages' tensors back to the
-    system after each backward pass and took them again in the next forward pass, page by page.
+    from run to run. At d = 2, the C library handed the stages' tensors back to the system after each
+    backward pass and took them again in the next forward pass, page by page: 5300 page faults per
+    iteration with two layers (a quarter of its time), 500 with one; one allocation of the same size
+    stays in the heap and is reused.
     """
 
     def __init__(
@@ -274,7 +276,7 @@ class TraceWork:
     ) -> None:
         if n_layers == 1:
             rows = _feature_chunks(d, m, n, block)[0].stop  # the first chunk is the largest
-            n_acts, n_blocks = (5 if m * d * n > _ONE_LAYER_BLOCK else 0), 0
+            n_acts, n_blocks = (5 if m * d * n > _ONE_LAYER_BLOCK else 12), 0
             scratch = (d * m * m, d * m * m, rows * n)
         else:
             n_acts, n_blocks = 4 * n_layers + 1, n_layers
@@ -295,8 +297,7 @@ class TraceWork:
     def next_stage(self) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
         r"""Moves on to the next stage; ``current`` becomes, and this returns, where the stage keeps
         :math:`s` (d + 1, n), :math:`\nabla_s\Phi` (d + 1, n), its activations (k, m, n) and its blocks
-        (M, m, d, n), or ``None`` where it keeps nothing here (one layer, small blocks) or the stages
-        are all used."""
+        (M, m, d, n; M = 0 for one layer), or ``None`` once the stages are all used."""
         self.current = None
         if self._kept is not None and self._stage < self._kept.shape[0]:
             d, m, n, n_acts, n_blocks = self._shapes
@@ -469,46 +470,59 @@ def _one_layer_forward(
     K0, b0, w, A, b, K, b1 = params
     AtA, trace_AtA, bsq, W = prepared
     m, n = K0.shape[0], s.shape[1]
-    # where the kept activations go: the integration's one allocation (large blocks, training)
+    small = m * d * n <= _ONE_LAYER_BLOCK  # keep the activations rather than recompute them
+    # in training, the kept activations go to the integration's one allocation (TraceWork.current)
     slots = None if work is None else work.current
-    kept = [None] * 6 if slots is None else [*slots[2], slots[1]]
-    a0 = torch.addmm(b0.unsqueeze(1), K0, s, out=kept[0])
-    g0 = torch.tanh(a0)
-    u0 = log_cosh(a0)
-    g1 = torch.addmm(b1.unsqueeze(1), K, u0, out=kept[1]).tanh_()
+    names = _ONE_LAYER_SMALL if small else _ONE_LAYER_LARGE
+    out = {} if slots is None else dict(zip(names, [*slots[2], slots[1]]))
+    a0 = torch.addmm(b0.unsqueeze(1), K0, s, out=out.get("a0"))
+    g0 = torch.tanh(a0, out=out.get("g0"))
+    u0 = log_cosh(a0, out=out.get("u0"))
+    g1 = torch.addmm(b1.unsqueeze(1), K, u0, out=out.get("g1")).tanh_()
     wc = w.unsqueeze(1)
-    y1 = g1 * wc
-    z1 = torch.addmm(wc, K.t(), y1, out=kept[2])  # z_1 = w + K^T (s_1 w)
-    q = g0 * z1
-    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), q, out=kept[5])
+    y1 = torch.mul(g1, wc, out=out.get("y1"))
+    z1 = torch.addmm(wc, K.t(), y1, out=out.get("z1"))  # z_1 = w + K^T (s_1 w)
+    q = torch.mul(g0, z1, out=out.get("q"))
+    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), q, out=out.get("grad"))
     # trace = t_0 + t_1 + tr((A^T A)[:d, :d]):  t_0 = bsq . (e0 z1),  t_1 = sum_j c1_j sq_j with
     # sq_j = sum_l P_lj^2, P = W g0 (d, m, n); e_i = 1 - g_i^2, c1 = e1 w, bsq_j = |B_j|^2
-    e0 = 1.0 - g0 * g0
-    e0z1 = e0 * z1
-    e1 = 1.0 - g1 * g1
-    c1 = e1 * wc
+    e0 = _one_minus_square(g0, out.get("e0"))
+    e0z1 = torch.mul(e0, z1, out=out.get("e0z1"))
+    e1 = _one_minus_square(g1, out.get("e1"))
+    c1 = torch.mul(e1, wc, out=out.get("c1"))
     sq = WtC = None
     for rows in _feature_chunks(d, m, n, block):
-        out = None if work is None else work.blocks(rows.stop - rows.start, n)
-        Pc = torch.mm(W[rows], g0, out=out).view(-1, m, n)
+        buffer = None if work is None else work.blocks(rows.stop - rows.start, n)
+        Pc = torch.mm(W[rows], g0, out=buffer).view(-1, m, n)
         if sq is None:
-            sq = torch.linalg.vecdot(Pc, Pc, dim=0, out=kept[4])
+            sq = torch.linalg.vecdot(Pc, Pc, dim=0, out=out.get("sq"))
         else:
             sq.add_(torch.linalg.vecdot(Pc, Pc, dim=0))
         if work is not None:
             C = Pc.mul_(c1).view(-1, n)
             if WtC is None:
-                WtC = torch.mm(W[rows].t(), C, out=kept[3])
+                WtC = torch.mm(W[rows].t(), C, out=out.get("WtC"))
             else:
                 WtC.addmm_(W[rows].t(), C)
             work.sum[rows].addmm_(C, g0.t(), alpha=work.weight)
             work.used = True
-    if m * d * n <= _ONE_LAYER_BLOCK:  # small: keep the activations rather than recompute them
+    if small:
         saved = (g0, e0, g1, e1, c1, u0, y1, z1, q, e0z1, WtC)
     else:
         saved = (a0, None, g1, None, None, None, None, z1, None, None, WtC)
     trace = torch.addmv((c1 * sq).sum(0), e0z1.t(), bsq) + trace_AtA
     return grad, trace, ("one", s, K0, w, AtA, K, W, *saved, sq, bsq)
+
+
+# What _one_layer_forward keeps of each stage in a TraceWork (its activations, then the gradient): all
+# twelve where the blocks are small, else the five that the backward pass cannot cheaply recompute.
+_ONE_LAYER_SMALL = ("g0", "u0", "g1", "y1", "z1", "q", "e0", "e0z1", "e1", "c1", "WtC", "sq", "grad")
+_ONE_LAYER_LARGE = ("a0", "g1", "z1", "WtC", "sq", "grad")
+
+
+def _one_minus_square(g: Tensor, out: Tensor | None = None) -> Tensor:
+    """:math:`1 - g^2`, into ``out`` if given (the same rounding either way)."""
+    return 1.0 - g * g if out is None else torch.mul(g, g, out=out).neg_().add_(1.0)
 
 
 def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool, w_done: bool):
