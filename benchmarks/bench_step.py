@@ -2,7 +2,8 @@ r"""Time one OT-Flow training iteration and its peak memory, against the referen
 
 One training iteration is ``zero_grad`` + :func:`sklearn_otflow._loss.objective` (``alpha=100``,
 ``alpha_hjb=15``, RK4 with ``nt`` steps) + ``loss.backward()`` + one Adam step, in float32 on one thread,
-with a fixed seed and ``x = torch.randn(batch, d)``. For each configuration
+with a fixed seed and ``x = torch.randn(batch, d)``, the scratch memory of one integration reused by the
+next as in a fit (``_potential.reuse_scratch``). For each configuration
 
 * ``d=2,  m=32,  nt=8, batch=512`` and
 * ``d=43, m=256, nt=6, batch=512``
@@ -183,9 +184,10 @@ def make_loss_fn(variant: str, potential: torch.nn.Module, nt: int) -> Callable[
 
 def run_worker(variant: str, d: int, m: int, nt: int, batch: int, iters: int) -> str:
     """Time ``iters`` + 1 training iterations here; ``"median_seconds peak_rss_mb first_loss"``."""
-    from sklearn_otflow._potential import Potential
+    from sklearn_otflow._potential import Potential, reuse_scratch
 
     torch.set_num_threads(os.cpu_count() if variant == EXACT_ALL_THREADS else 1)
+    reuse_scratch().__enter__()  # as in a fit: each integration's scratch memory serves the next
     dtype = torch.float64 if variant == EXACT64 else torch.float32
     torch.manual_seed(SEED)
     potential = Potential(d, width=m).to(dtype)

@@ -212,6 +212,7 @@ class _RK4Flow(torch.autograd.Function):
             y = rk4_step(f, t0 + k * dt, dt, y)
         ctx.d, ctx.h, ctx.gd, ctx.dt, ctx.n_steps, ctx.tape = d, h, gd, dt, n_steps, tape
         ctx.w_sum = work.sum if work is not None and work.used else None
+        ctx.work = work
         ctx.save_for_backward(*params)  # checked: the optimizer must not change them before backward
         return y[0]
 
@@ -266,9 +267,12 @@ class _RK4Flow(torch.autograd.Function):
         # summed over the stages, go back to the parameters once
         if w_done:  # no stage added a G_W
             G_prepared[2] = ctx.w_sum
-        if not keep:  # as the tape: the next iteration's forward pass may run while this graph lives
-            ctx.w_sum = None
         add_grads(G_params, prepare_vjp(d, ctx.saved_tensors, *G_prepared, w_scale=w_scale))
+        if not keep:  # as the tape: the next iteration's forward pass may run while this graph lives
+            ctx.w_sum = G_prepared = None
+            if ctx.work is not None:  # nothing returned is a view of it: the next integration may take it
+                ctx.work.release()
+            ctx.work = None
         return (None,) * 7 + (G if need_y0 else None, *G_params)
 
 

@@ -34,7 +34,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from ._dynamics import flow
 from ._loss import Objective, log_prob, weighted_objective
-from ._potential import Potential
+from ._potential import Potential, reuse_scratch
 
 __all__ = [
     "FlowModule",
@@ -85,6 +85,12 @@ class OTFlowLoss(nn.Module):
 
 class OTFlowNet(NeuralNet):
     """skorch's :class:`~skorch.NeuralNet` with OT-Flow's loss; records its parts in the history."""
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop, with each training integration's memory reused by the next
+        (:func:`~sklearn_otflow._potential.reuse_scratch`)."""
+        with reuse_scratch():
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False) -> Tensor:
         out = self.criterion_(y_pred)

@@ -228,3 +228,35 @@ def test_training_node_keeps_its_activations_only_for_a_retained_graph():
     assert torch.equal(torch.autograd.grad(loss, phi.w)[0], first)
     with pytest.raises(RuntimeError, match="second time"):
         torch.autograd.grad(loss, phi.w)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_training_integrations_reuse_their_scratch_memory_only_within_a_fit(n_layers):
+    """Within reuse_scratch() (a fit), an integration's one allocation goes to the next after the
+    backward pass; the gradients do not change, a retained graph keeps its memory, and nothing stays
+    allocated once the context ends."""
+    from sklearn_otflow import _potential
+
+    phi = random_potential(d=2, width=5, n_layers=n_layers, seed=10)
+    xs = torch.randn(3, 6, 2, dtype=F64)
+    params = [p for name, p in phi.named_parameters() if name != "c"]
+
+    def grads(x, retain=False):
+        z, ell, L, R = flow(phi, x, n_steps=2)
+        return torch.autograd.grad(z.sum() + ell.mean() + L.sum() + R.sum(), params, retain_graph=retain)
+
+    plain = [grads(x) for x in xs]
+    with _potential.reuse_scratch():
+        reused = [grads(x) for x in xs]
+        assert len(_potential._SPARE) == 1
+        taken = _potential._SPARE[0].data_ptr()
+        z, ell, _, _ = flow(phi, xs[0], n_steps=2)  # takes it
+        assert not _potential._SPARE
+        grads_kept = torch.autograd.grad(z.sum() + ell.mean(), params, retain_graph=True)
+        assert not _potential._SPARE  # the retained graph still holds it
+        assert z.grad_fn.next_functions[0][0].work._buffer.data_ptr() == taken
+    assert not _potential._SPARE
+    for a, b in zip(plain, reused):
+        for ga, gb in zip(a, b):
+            assert torch.equal(ga, gb)
+    assert all(torch.isfinite(g).all() for g in grads_kept)

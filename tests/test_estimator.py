@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Subset
 from sklearn_otflow import OTFlowDensity
 from sklearn_otflow._net import FlowModule, StepRefinement, batch_loader
 
-SMALL = dict(hidden_width=16, n_steps=4, batch_size=128, random_state=0)
+# one layer: the tests' figures (a stiff flow, losses after an epoch) were set with it
+SMALL = dict(hidden_width=16, n_layers=1, n_steps=4, batch_size=128, random_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -654,6 +655,22 @@ def test_auto_hidden_width_is_32_up_to_two_features_and_64_above(d, width):
     est = OTFlowDensity(n_steps=1, max_epochs=1, random_state=0).fit(X)
     assert est.net_.module_.potential.width == width
     assert est.set_params(hidden_width=5).fit(X).net_.module_.potential.width == 5
+
+
+def test_fit_releases_the_scratch_memory_its_integrations_shared(moons):
+    from sklearn_otflow import _potential
+
+    OTFlowDensity(max_epochs=2, **SMALL).fit(moons).partial_fit(moons)
+    assert not _potential._SPARE and not _potential._REUSE
+
+
+@pytest.mark.parametrize("d, layers", [(1, 2), (2, 2), (3, 1), (15, 1)])
+def test_auto_n_layers_is_2_up_to_two_features_and_1_above(d, layers):
+    X = np.random.default_rng(0).normal(size=(60, d))
+    est = OTFlowDensity(hidden_width=4, n_steps=1, max_epochs=1, random_state=0).fit(X)
+    assert est.net_.module_.potential.n_layers == layers
+    assert np.isfinite(est.score_samples(X)).all()
+    assert est.set_params(n_layers=3).fit(X).net_.module_.potential.n_layers == 3
 
 
 @pytest.mark.parametrize("d, decay", [(1, 0.0), (2, 0.0), (3, 0.1), (15, 0.1)])
