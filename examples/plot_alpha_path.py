@@ -36,6 +36,7 @@ X, X_test = (
 # coordinates, where the closed forms apply (at the sample's plug-in moments).
 est = OTFlowDensity(
     hidden_width=16,
+    n_layers=1,  # Gaussian data: the quadratic part carries the map
     n_steps=8,
     max_epochs=300,
     batch_size=1024,
