@@ -26,7 +26,9 @@ out in fewer operations, with the blocks as products of one (d m, m) matrix of t
 training it sums their gradient up in the forward pass: three large products per RK4 stage instead of
 four, and at small :math:`d`, where a step is bound by the number of operations rather than their size,
 fewer operations (docs: benchmarks). With several layers and small blocks, :func:`_deep_forward` keeps
-the blocks for the backward pass and runs 0.6 times the general path's operations.
+the blocks for the backward pass and runs 0.7 times the general path's operations. The two share
+the activations, the sweep for :math:`z_i` and :math:`\nabla\Phi` (:func:`_forward_prefix`) and
+the backward pass through them (:func:`_backward_tail`).
 """
 
 from __future__ import annotations
@@ -398,36 +400,17 @@ def grad_trace_forward(
     each; written out, the mixed second derivatives of :math:`\Phi` are one node, which saves only
     (m, n) activations.
     """
-    K0, b0, w, A, b, *layers = params
-    M = len(layers) // 2
+    K0, w, M = params[0], params[2], (len(params) - 5) // 2
     prepared = prepared or prepare(d, params, exact=gd == s.dtype)
     if M == 1 and gd == s.dtype and prepared[3] is not None:
         return _one_layer_forward(d, s, params, prepared, block, work)
     if deep(d, params, s.shape[1], gd == s.dtype):
         return _deep_forward(d, h, s, params, prepared, work)
-    Ks, bs = layers[:M], layers[M:]
-    a0 = torch.addmm(b0.unsqueeze(1), K0, s)
-    g0 = torch.tanh(a0)
-    u = log_cosh(a0)
-    us, gs = [u], []  # u_0..u_{M-1}; s_i = tanh(a_i), i = 1..M
-    for i, (K, bi) in enumerate(zip(Ks, bs)):
-        a = torch.addmm(bi.unsqueeze(1), K, u)
-        gs.append(torch.tanh(a))
-        if i + 1 < M:
-            u = u + h * log_cosh(a)
-            us.append(u)
-    # backward sweep z_i = z_{i+1} + h K_i^T (s_i * z_{i+1}), from z_{M+1} = w
-    z = w.unsqueeze(1).expand(-1, s.shape[1])
-    zs = [z]
-    for K, g in zip(reversed(Ks), reversed(gs)):
-        z = torch.addmm(z, K.t(), g * z, alpha=h)
-        zs.append(z)
-    zs.reverse()  # zs[i] = z_{i+1}, i = 0..M
-    AtA, trace_AtA = prepared[:2]
-    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), g0 * zs[0])
+    Ks, (AtA, trace_AtA) = params[5 : 5 + M], prepared[:2]
+    g0, us, gs, zs, grad = _forward_prefix(h, s, params, AtA)
     trace, sqs = _trace_forward(h, gd, block, g0, zs[0], K0[:, :d], Ks, gs, zs[1:])
     trace = trace + trace_AtA
-    return grad, trace, ("general", s, K0, w, A, AtA, g0, *Ks, *gs, *us, *zs[:-1], *sqs)
+    return grad, trace, ("general", s, K0, w, AtA, g0, *Ks, *gs, *us, *zs[:-1], *sqs)
 
 
 def grad_trace_backward(
@@ -454,45 +437,16 @@ def grad_trace_backward(
         return _one_layer_backward(d, saved, G, G_tr, need_s, w_done)
     if kind == "deep":
         return _deep_backward(d, h, saved, G, G_tr, need_s)
-    s, K0, w, A, AtA, g0, *rest = saved
+    s, K0, w, AtA, g0, *rest = saved
     M = len(rest) // 5
     Ks, gs, us, zs, sqs = (list(rest[i * M : (i + 1) * M]) for i in range(5))
-    zs.append(w.unsqueeze(1).expand(-1, s.shape[1]))  # zs[i] = z_{i+1}, i = 0..M
+    zs.append(w.unsqueeze(1))  # zs[i] = z_{i+1}, i = 0..M
     # trace_net(g0, z_1, B, K_i, s_i, z_{i+1})
-    B = K0[:, :d]
-    G_g0, G_z1, G_B, G_K, G_g, G_zt = _trace_vjp(h, gd, g0, zs[0], B, Ks, gs, zs[1:], sqs, G_tr)
-    G_z = [G_z1, *G_zt]  # G_z[i]: gradient with respect to z_{i+1}
-    # grad = A^T A s + b + K_0^T q, q = g_0 z_1
-    G_K0 = (g0 * zs[0]) @ G.t()
-    G_K0[:, :d] += G_B
-    G_q = K0 @ G
-    G_g0 = G_g0 + G_q * zs[0]
-    G_z[0] = G_z[0] + G_q * g0
-    # z_i = z_{i+1} + h K_i^T (s_i z_{i+1}), i = 1..M
-    for i in range(M):
-        v = Ks[i] @ G_z[i]
-        G_K[i] += h * ((gs[i] * zs[i + 1]) @ G_z[i].t())
-        G_z[i + 1] = G_z[i + 1] + G_z[i] + h * v * gs[i]
-        G_g[i] = G_g[i] + h * v * zs[i + 1]
-    G_w = G_z[M].sum(1)
-    # a_i = K_i u_{i-1} + b_i, s_i = tanh(a_i), u_i = u_{i-1} + h log_cosh(a_i) (i < M)
-    G_b, G_u = [], None
-    for i in reversed(range(M)):
-        G_a = G_g[i] * (1.0 - gs[i] * gs[i])
-        if G_u is not None:
-            G_a = G_a + h * G_u * gs[i]
-        G_K[i] += G_a @ us[i].t()
-        G_b.append(G_a.sum(1))
-        G_u = Ks[i].t() @ G_a if G_u is None else G_u + Ks[i].t() @ G_a
-    G_b.reverse()
-    # a_0 = K_0 s + b_0, u_0 = log_cosh(a_0), g_0 = tanh(a_0)
-    G_a0 = G_g0 * (1.0 - g0 * g0) + G_u * g0
-    G_K0 += G_a0 @ s.t()
-    # the quadratic's A^T A s in grad, tr((A^T A)[:d, :d]) in the trace
-    G_AtA = G @ s.t()
-    G_AtA.diagonal()[:d] += G_tr.sum()
-    G_s = torch.addmm(AtA @ G, K0.t(), G_a0) if need_s else None
-    return G_s, [G_K0, G_a0.sum(1), G_w, None, G.sum(1), *G_K, *G_b], (G_AtA, None, None)
+    G_g0, G_z1, G_B, G_K, G_g, G_zt = _trace_vjp(h, gd, g0, zs[0], K0[:, :d], Ks, gs, zs[1:], sqs, G_tr)
+    acts = (g0, 1.0 - g0 * g0, g0 * zs[0], gs, [1.0 - g * g for g in gs], us, zs)
+    G_acts = (G_g0, [G_z1, *G_zt], G_g, G_K, G_B)
+    G_s, G_params, G_AtA = _backward_tail(d, h, s, K0, AtA, Ks, acts, G, G_tr, G_acts, need_s)
+    return G_s, G_params, (G_AtA, None, None)
 
 
 def _one_layer_forward(
@@ -630,6 +584,102 @@ def _one_layer_backward(d: int, saved, G: Tensor, G_tr: Tensor, need_s: bool, w_
     return G_s, [G_K0, G_a0.sum(1), G_w, None, G.sum(1), G_K, G_a1.sum(1)], (G_AtA, G_bsq, G_W)
 
 
+def _forward_prefix(
+    h: float,
+    s: Tensor,
+    params: tuple[Tensor, ...],
+    AtA: Tensor,
+    kept: list | None = None,
+    grad_out: Tensor | None = None,
+):
+    r"""The forward pass that the paths for :math:`M \ge 2` layers share: the activations, the sweep
+    for :math:`z_i` and :math:`\nabla_s\Phi`, samples last.
+
+    .. math::
+
+        a_0 = K_0 s + b_0, \quad u_0 = \sigma(a_0), \quad g_0 = \tanh(a_0), \qquad
+        a_i = K_i u_{i-1} + b_i, \quad g_i = \tanh(a_i), \quad u_i = u_{i-1} + h\,\sigma(a_i) \ (i < M),
+
+        z_{M+1} = w, \quad z_i = z_{i+1} + h K_i^\top (g_i z_{i+1}), \qquad
+        \nabla_s\Phi = A^\top A s + b + K_0^\top (g_0 z_1).
+
+    ``kept``: where to write them (``None`` entries, or no list: fresh tensors), in the order of
+    :func:`_deep_forward`'s kept activations, :math:`g_0, z_1, u_0..u_{M-1}, g_1..g_M, z_2..z_M`;
+    ``grad_out``: where to write :math:`\nabla_s\Phi`. Returns ``g0``, the lists ``us`` and ``gs``,
+    ``zs`` (``zs[i]`` is :math:`z_{i+1}`, i = 0..M, the last :math:`w` as an (m, 1) column) and
+    :math:`\nabla_s\Phi`.
+    """
+    K0, b0, w, _, b, *layers = params
+    M = len(layers) // 2
+    Ks, bs = layers[:M], layers[M:]
+    kept = kept or [None] * (3 * M + 1)
+    a0 = torch.addmm(b0.unsqueeze(1), K0, s)
+    g0 = torch.tanh(a0, out=kept[0])
+    u = log_cosh(a0, out=kept[2])
+    us, gs = [u], []
+    for i, (K, bi) in enumerate(zip(Ks, bs)):
+        a = torch.addmm(bi.unsqueeze(1), K, u)
+        gs.append(torch.tanh(a, out=kept[M + 2 + i]))
+        if i + 1 < M:
+            u = torch.add(u, log_cosh(a), alpha=h, out=kept[3 + i])
+            us.append(u)
+    z, zs = w.unsqueeze(1), [w.unsqueeze(1)]
+    for i in reversed(range(M)):
+        z = torch.addmm(z, Ks[i].t(), gs[i] * z, alpha=h, out=kept[2 * M + 1 + i] if i else kept[1])
+        zs.append(z)
+    zs.reverse()
+    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), g0 * zs[0], out=grad_out)
+    return g0, us, gs, zs, grad
+
+
+def _backward_tail(d: int, h: float, s, K0, AtA, Ks, acts, G: Tensor, G_tr: Tensor, G_acts, need_s: bool):
+    r"""The backward pass that the paths for :math:`M \ge 2` layers share: through
+    :math:`\nabla_s\Phi`, the sweep for :math:`z_i`, the activations and :math:`a_0`
+    (:func:`_forward_prefix`), once the trace's share is known.
+
+    ``acts``: :math:`g_0`, :math:`e_0 = 1 - g_0^2`, :math:`q = g_0 z_1`, and the lists of
+    :math:`g_i`, :math:`e_i = 1 - g_i^2` (i = 1..M), :math:`u_i` (i = 0..M - 1) and :math:`z_i`
+    (i = 1..M + 1). ``G_acts``: the trace's gradients with respect to :math:`g_0`, the
+    :math:`z_i`, the :math:`g_i`, the :math:`K_i` and :math:`B`, which this updates in place. Returns
+    the gradient with respect to :math:`s` (``None`` unless ``need_s``), the parameters' (in the
+    order of :func:`grad_trace_forward`, ``None`` for :math:`A`) and the one with respect to
+    :math:`A^\top A`.
+    """
+    g0, e0, q, gs, es, us, zs = acts
+    G_g0, G_z, G_g, G_K, G_B = G_acts
+    M, z1, zn = len(Ks), zs[0], zs[1:]  # zn[i] = z_{i+2}, what layer i + 1 sees
+    # grad = A^T A s + b + K_0^T q, q = g_0 z_1
+    G_K0 = q @ G.t()
+    G_q = K0 @ G
+    G_g0.addcmul_(G_q, z1)
+    G_z[0].addcmul_(G_q, g0)
+    # z_i = z_{i+1} + h K_i^T y_i, y_i = g_i z_{i+1}, first layer first
+    for i in range(M):
+        v = Ks[i] @ G_z[i]
+        G_K[i].addmm_(gs[i] * zn[i], G_z[i].t(), alpha=h)
+        G_z[i + 1].add_(G_z[i]).addcmul_(v, gs[i], value=h)
+        G_g[i].addcmul_(v, zn[i], value=h)
+    G_w = G_z[M].sum(1)
+    # a_i = K_i u_{i-1} + b_i, g_i = tanh(a_i), u_i = u_{i-1} + h log_cosh(a_i) (i < M), last layer first
+    G_b, G_u = [None] * M, None
+    for i in reversed(range(M)):
+        G_a = G_g[i].mul_(es[i])
+        if G_u is not None:
+            G_a.addcmul_(G_u, gs[i], value=h)
+        G_K[i].addmm_(G_a, us[i].t())
+        G_b[i] = G_a.sum(1)
+        G_u = Ks[i].t() @ G_a if G_u is None else G_u.addmm_(Ks[i].t(), G_a)
+    # a_0 = K_0 s + b_0, u_0 = log_cosh(a_0), g_0 = tanh(a_0)
+    G_a0 = G_g0.mul_(e0).addcmul_(G_u, g0)
+    G_K0.addmm_(G_a0, s.t())
+    G_K0[:, :d] += G_B
+    # A^T A s in grad, tr((A^T A)[:d, :d]) in the trace
+    G_AtA = G @ s.t()
+    G_AtA.diagonal()[:d] += G_tr.sum()
+    G_s = torch.addmm(AtA @ G, K0.t(), G_a0) if need_s else None
+    return G_s, [G_K0, G_a0.sum(1), G_w, None, G.sum(1), *G_K, *G_b], G_AtA
+
+
 def _deep_forward(
     d: int,
     h: float,
@@ -645,38 +695,19 @@ def _deep_forward(
     blocks :math:`P_i = K_i J_{i-1}` that the general path computes again (the :math:`J_i` cost one
     operation each to rebuild from them). At a few features a step is bound by the number of
     operations, not their size (d = 2, width 32, 256 samples: a few microseconds each), and this path
-    takes 0.6 times as many (per RK4 stage of a make_moons iteration: 238 against 383). In training,
+    takes 0.7 times as many (per RK4 stage of a make_moons iteration: 237 against 339). In training,
     what a stage keeps goes to ``work.current``: :math:`4M + 1` activations,
     :math:`g_0, z_1, u_0..u_{M-1}, g_1..g_M, z_2..z_M, sq_1..sq_M`, and the blocks.
     """
-    K0, b0, w, A, b, *layers = params
-    M = len(layers) // 2
-    Ks, bs = layers[:M], layers[M:]
+    K0, M = params[0], (len(params) - 5) // 2
+    Ks = params[5 : 5 + M]
     AtA, trace_AtA, bsq, _ = prepared
     m, n = K0.shape[0], s.shape[1]
     slots = None if work is None else work.current
     kept = [None] * (4 * M + 1) if slots is None else slots[2]
     blocks = [None] * M if slots is None else [P.view(m, d * n) for P in slots[3]]
-    # u_0 = sigma(a_0), u_i = u_{i-1} + h sigma(a_i) (i < M), g_i = tanh(a_i)
-    a0 = torch.addmm(b0.unsqueeze(1), K0, s)
-    g0 = torch.tanh(a0, out=kept[0])
-    u = log_cosh(a0, out=kept[2])
-    us, gs = [u], []
-    for i, (K, bi) in enumerate(zip(Ks, bs)):
-        a = torch.addmm(bi.unsqueeze(1), K, u)
-        gs.append(torch.tanh(a, out=kept[M + 2 + i]))
-        if i + 1 < M:
-            u = torch.add(u, log_cosh(a), alpha=h, out=kept[3 + i])
-            us.append(u)
-    # z_{M+1} = w, z_i = z_{i+1} + h K_i^T (g_i z_{i+1})
-    z, zs = w.unsqueeze(1), [w.unsqueeze(1)]
-    for i in reversed(range(M)):
-        z = torch.addmm(z, Ks[i].t(), gs[i] * z, alpha=h, out=kept[2 * M + 1 + i] if i else kept[1])
-        zs.append(z)
-    zs.reverse()  # zs[i] = z_{i+1}, i = 0..M
-    q = g0 * zs[0]
     grad_out = None if slots is None else slots[1]
-    grad = torch.addmm(torch.addmm(b.unsqueeze(1), AtA, s), K0.t(), q, out=grad_out)
+    g0, us, gs, zs, grad = _forward_prefix(h, s, params, AtA, kept, grad_out)
     # blocks J_0 = diag(g_0) B, P_i = K_i J_{i-1}, J_i = J_{i-1} + h diag(g_i) P_i, laid out (m, d, n)
     J = K0[:, :d].unsqueeze(2) * g0.unsqueeze(1)
     Ps, sqs = [], []
@@ -693,7 +724,7 @@ def _deep_forward(
     e0z1 = (1.0 - g0 * g0).mul_(zs[0])
     trace = torch.addmv(S.sum(0), e0z1.t(), bsq, beta=h).add_(trace_AtA)
     lists = (Ks, gs, us, zs[:M], Ps, sqs)
-    return grad, trace, ("deep", s, K0, w, AtA, bsq, g0, *(x for xs in lists for x in xs))
+    return grad, trace, ("deep", s, K0, params[2], AtA, bsq, g0, *(x for xs in lists for x in xs))
 
 
 def _deep_backward(d: int, h: float, saved, G: Tensor, G_tr: Tensor, need_s: bool):
@@ -739,36 +770,11 @@ def _deep_backward(d: int, h: float, saved, G: Tensor, G_tr: Tensor, need_s: boo
     G_z[0] = bG * e0
     q = g0 * z1
     G_g0.addcmul_(q, bG, value=-2.0)
-    # grad = A^T A s + b + K_0^T q, q = g_0 z_1
-    G_K0 = q @ G.t()
-    G_q = K0 @ G
-    G_g0.addcmul_(G_q, z1)
-    G_z[0].addcmul_(G_q, g0)
-    # z_i = z_{i+1} + h K_i^T y_i, y_i = g_i z_{i+1}, first layer first
-    for i in range(M):
-        v = Ks[i] @ G_z[i]
-        G_K[i].addmm_(gs[i] * zn[i], G_z[i].t(), alpha=h)
-        G_z[i + 1].add_(G_z[i]).addcmul_(v, gs[i], value=h)
-        G_g[i].addcmul_(v, zn[i], value=h)
-    G_w = G_z[M].sum(1)
-    # a_i = K_i u_{i-1} + b_i, g_i = tanh(a_i), u_i = u_{i-1} + h log_cosh(a_i) (i < M), last layer first
-    G_b, G_u = [None] * M, None
-    for i in reversed(range(M)):
-        G_a = G_g[i].mul_(es[i])
-        if G_u is not None:
-            G_a.addcmul_(G_u, gs[i], value=h)
-        G_K[i].addmm_(G_a, us[i].t())
-        G_b[i] = G_a.sum(1)
-        G_u = Ks[i].t() @ G_a if G_u is None else G_u.addmm_(Ks[i].t(), G_a)
-    # a_0 = K_0 s + b_0, u_0 = log_cosh(a_0), g_0 = tanh(a_0)
-    G_a0 = G_g0.mul_(e0).addcmul_(G_u, g0)
-    G_K0.addmm_(G_a0, s.t())
-    G_K0[:, :d] += G_B
-    # A^T A s in grad, tr((A^T A)[:d, :d]) in the trace
-    G_AtA = G @ s.t()
-    G_AtA.diagonal()[:d] += G_tr.sum()
-    G_s = torch.addmm(AtA @ G, K0.t(), G_a0) if need_s else None
-    return G_s, [G_K0, G_a0.sum(1), G_w, None, G.sum(1), *G_K, *G_b], (G_AtA, G_bsq, None)
+    acts = (g0, e0, q, gs, es, us, [z1, *zn])
+    G_s, G_params, G_AtA = _backward_tail(
+        d, h, s, K0, AtA, Ks, acts, G, G_tr, (G_g0, G_z, G_g, G_K, G_B), need_s
+    )
+    return G_s, G_params, (G_AtA, G_bsq, None)
 
 
 class _GradTrace(torch.autograd.Function):
