@@ -152,9 +152,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         6 to 63 features: give a larger width for data with many features.
     n_layers : int or "auto", default="auto"
         Number of residual layers. ``"auto"`` is 2 for one or two features and 1 above. On the three
-        two-feature benchmark sets (make_moons and the checkerboard, three seeds each; 8 Gaussians,
-        two) a second layer scored 0.066 nats higher on average (0.000 to +0.234, never lower), for
-        1.6 times the time per fit. Above two features one layer trains on the fastest path (its
+        two-feature benchmark sets (make_moons, 8 Gaussians and the checkerboard, three seeds each) a
+        second layer scored 0.058 nats higher on average (-0.007 to +0.234, lower once), for 1.6
+        times the time per fit. Above two features one layer trains on the fastest path (its
         trace's blocks are products of one matrix built from the weights once per integration); a
         second layer was not measured there. See the benchmarks page.
     rank : int, default=10
