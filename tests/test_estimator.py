@@ -673,14 +673,41 @@ def test_auto_n_layers_is_2_up_to_two_features_and_1_above(d, layers):
     assert est.set_params(n_layers=3).fit(X).net_.module_.potential.n_layers == 3
 
 
+def _decays(est) -> dict[str, float]:
+    """Each of the potential's parameters' weight decay in the fitted net's optimiser, by name."""
+    names = {id(p): name for name, p in est.net_.module_.potential.named_parameters()}
+    groups = est.net_.optimizer_.param_groups
+    return {names[id(p)]: group["weight_decay"] for group in groups for p in group["params"]}
+
+
+DECAYED = {"w", "opening.weight", "layers.0.weight", "layers.1.weight"}
+
+
 @pytest.mark.parametrize("d, decay", [(1, 0.0), (2, 0.0), (3, 0.1), (15, 0.1)])
 def test_auto_weight_decay_is_zero_up_to_two_features_and_0_1_above(d, decay):
     X = np.random.default_rng(0).normal(size=(60, d))
     est = OTFlowDensity(hidden_width=4, n_steps=1, max_epochs=1, random_state=0).fit(X)
-    assert est.net_.optimizer_.param_groups[0]["weight_decay"] == decay
-    assert est.partial_fit(X).net_.optimizer_.param_groups[0]["weight_decay"] == decay
+    assert {v for k, v in _decays(est).items() if k in DECAYED} == {decay}
+    assert {v for k, v in _decays(est.partial_fit(X)).items() if k in DECAYED} == {decay}
     est.set_params(weight_decay=0.05).fit(X)
-    assert est.net_.optimizer_.param_groups[0]["weight_decay"] == 0.05
+    assert {v for k, v in _decays(est).items() if k in DECAYED} == {0.05}
+
+
+@pytest.mark.parametrize("fit", ["fit", "partial_fit"])
+def test_weight_decay_acts_on_the_network_weights_only(fit):
+    """The residual network's weight matrices (K_0, K_i, w) are decayed; the biases and the quadratic and
+    linear terms A, b, c (the potential's Gaussian part) are not, also after partial_fit changes the decay."""
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    est = OTFlowDensity(hidden_width=4, n_layers=2, n_steps=1, max_epochs=1, weight_decay=0.2, random_state=0)
+    getattr(est, fit)(X)
+    expected = {
+        "A": 0.0, "b": 0.0, "c": 0.0, "opening.bias": 0.0, "layers.0.bias": 0.0, "layers.1.bias": 0.0,
+        "w": 0.2, "opening.weight": 0.2, "layers.0.weight": 0.2, "layers.1.weight": 0.2,
+    }  # fmt: skip
+    assert _decays(est) == expected
+    est.set_params(weight_decay=0.5).partial_fit(X)
+    assert _decays(est) == {k: 0.5 if v else 0.0 for k, v in expected.items()}
+    assert est.net_.optimizer__weight_decay == 0.5
 
 
 def test_weight_decay_shrinks_the_weights(moons):

@@ -95,8 +95,9 @@ def test_partial_fit_reads_the_current_parameters_and_keeps_the_optimiser_state(
     est.set_params(learning_rate=0.002, weight_decay=0.3, batch_size=64, alpha=20.0, alpha_hjb=2.0)
     est.partial_fit(X[:512])  # 8 steps of 64 rows
     net = est.net_
-    group = net.optimizer_.param_groups[0]
+    group = net.optimizer_.param_groups[-1]  # the network's weights; the other groups are not decayed
     assert (group["lr"], group["weight_decay"], net.batch_size) == (0.002, 0.3, 64)
+    assert {g["lr"] for g in net.optimizer_.param_groups} == {0.002}
     assert (net.criterion_.alpha, net.criterion_.alpha_hjb) == (20.0, 2.0)
     assert (net.criterion__alpha, net.criterion__alpha_hjb) == (20.0, 2.0)
     assert dict(net.callbacks_)["grad_clip"].gradient_clip_value == 20.0 * (1 + 20.0 + 2.0)
