@@ -82,8 +82,9 @@ _AUTO_WEIGHT_DECAY = 0.1
 # Parameters that weight decay leaves alone, as skorch's optimizer__param_groups: the biases, and the
 # quadratic and linear terms A, b, c of the potential, which carry its Gaussian part (decay would pull it
 # toward the identity map, not toward a smoother network). Decay acts on the residual network's weights
-# K_0, K_i and w only. Measured against decaying every parameter (0.1, seeds 0 and 1): banana10 +0.028
-# and +0.010 nats, gmm10 -0.013 and +0.010, digits +0.23, -0.05 and -0.06 (docs: benchmarks).
+# K_0, K_i and w only. Measured against decaying every parameter (0.1; seeds 0 and 1, digits also 2):
+# banana10 +0.028 and +0.010 nats, gmm10 -0.013 and +0.010, digits +0.23, -0.05 and -0.06 (docs:
+# benchmarks).
 _UNDECAYED = [("potential.[Abc]", {"weight_decay": 0.0}), ("potential.*bias", {"weight_decay": 0.0})]
 _DECAYED_GROUP = len(_UNDECAYED)  # skorch appends the remaining parameters' group after the listed ones
 
