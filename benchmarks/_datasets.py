@@ -28,6 +28,14 @@ mean log-likelihood (the negative entropy) of each known density, from 200,000 d
     (plot_digits_kde_sampling). Density unknown; ``n`` and ``seed`` are ignored.
 ``gmm10``
     A 10-D mixture of 5 full-covariance Gaussians (:func:`gmm10_parameters`: fixed, seeded parameters).
+``grid9``
+    Densities with sharp features: an equal-weight mixture of 9 isotropic Gaussians of standard
+    deviation 0.15 centred on the 3 x 3 grid :math:`\{-2, 0, 2\}^2` (a tuned Gaussian mixture is the
+    true model; a flow must tear the latent's one mode into nine narrow ones).
+``rings``
+    Three concentric rings of radii 1, 2 and 3 (equal weights), uniform angle and
+    :math:`\mathcal N(0, 0.08^2)` radial noise: :math:`p(x) = \tfrac13\sum_k \varphi_{0.08}(r - R_k) / (2\pi r)`,
+    :math:`r = |x|` (the mass the radial noise puts below 0 is :math:`< 10^{-30}`).
 ``banana10``
     ``gmm10`` warped by :math:`y_1 = x_1`, :math:`y_i = x_i + 0.15\,x_{i-1}^2` (:math:`i \ge 2`). The
     Jacobian is triangular with unit diagonal, so :math:`\log p_Y(y) = \log p_X(x(y))` with the inverse
@@ -45,6 +53,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 MOONS_NOISE = 0.05
+CIRCLES_NOISE, CIRCLES_FACTOR = 0.05, 0.5
 EIGHT_SCALE, EIGHT_STD, EIGHT_DIVISOR = 4.0, 0.5, 1.414
 BANANA_CURVATURE = 0.15
 GMM10_SEED = 20240917  # the mixture's parameters; the --seed of a run draws only the samples
@@ -87,6 +96,12 @@ def _sample_gaussian_mixture(
 
 
 # ---------------------------------------------------------------------------------------------- moons
+
+
+def circles(n: int, seed: int) -> np.ndarray:
+    from sklearn.datasets import make_circles
+
+    return make_circles(n, noise=CIRCLES_NOISE, factor=CIRCLES_FACTOR, random_state=seed)[0]
 
 
 def moons(n: int, seed: int) -> np.ndarray:
@@ -154,6 +169,40 @@ def checkerboard_log_density(X: np.ndarray) -> np.ndarray:
     cells = np.floor(X / 2.0)
     inside = np.all((cells >= -2) & (cells <= 1), axis=1) & (cells.sum(1) % 2 == 0)
     return np.where(inside, -math.log(32.0), -np.inf)
+
+
+# ---------------------------------------------------------------------------------------------- sharp
+
+GRID_STD, RING_RADII, RING_STD = 0.15, (1.0, 2.0, 3.0), 0.08
+
+
+def _grid_means() -> np.ndarray:
+    return np.stack(np.meshgrid([-2.0, 0.0, 2.0], [-2.0, 0.0, 2.0]), -1).reshape(-1, 2)
+
+
+def grid9(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return _grid_means()[rng.integers(9, size=n)] + GRID_STD * rng.standard_normal((n, 2))
+
+
+def grid9_log_density(X: np.ndarray) -> np.ndarray:
+    covariances = np.repeat((GRID_STD**2 * np.eye(2))[None], 9, axis=0)
+    return _gaussian_mixture_log_density(X, np.full(9, 1 / 9), _grid_means(), covariances)
+
+
+def rings(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    radius = np.asarray(RING_RADII)[rng.integers(len(RING_RADII), size=n)]
+    radius = radius + RING_STD * rng.standard_normal(n)
+    angle = rng.uniform(0.0, 2 * math.pi, n)
+    return np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)
+
+
+def rings_log_density(X: np.ndarray) -> np.ndarray:
+    r = np.linalg.norm(X, axis=1)
+    terms = [-0.5 * ((r - R) / RING_STD) ** 2 for R in RING_RADII]
+    log_radial = logsumexp(np.stack(terms), axis=0) - math.log(len(RING_RADII) * RING_STD * math.sqrt(2 * math.pi))
+    return log_radial - np.log(2 * math.pi * r)
 
 
 # ---------------------------------------------------------------------------------------------- digits
@@ -227,6 +276,9 @@ GENERATORS: dict[str, tuple[Callable[[int, int], np.ndarray], Callable | None]] 
     "moons": (moons, moons_log_density),
     "8gaussians": (eight_gaussians, eight_gaussians_log_density),
     "checkerboard": (checkerboard, checkerboard_log_density),
+    "grid9": (grid9, grid9_log_density),
+    "circles": (circles, None),
+    "rings": (rings, rings_log_density),
     "digits": (digits_pca15, None),
     "gmm10": (gmm10, gmm10_log_density),
     "banana10": (banana10, banana10_log_density),

@@ -89,7 +89,7 @@ def alpha_path(
     >>> import numpy as np
     >>> from sklearn_otflow import OTFlowDensity, alpha_path
     >>> X = np.random.default_rng(0).normal(size=(200, 2))
-    >>> est = OTFlowDensity(hidden_width=4, n_steps=2, max_epochs=1, random_state=0)
+    >>> est = OTFlowDensity(hidden_width=4, n_steps=2, max_iter=10, random_state=0)
     >>> path = alpha_path(est, X, [1.0, 10.0], random_state=0)
     >>> path.test_nll.shape, path.straightness.shape
     ((2,), (2,))

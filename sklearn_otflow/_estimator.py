@@ -6,7 +6,7 @@ import contextlib
 import copy
 import math
 import numbers
-import threading
+import time
 import warnings
 
 import numpy as np
@@ -18,25 +18,30 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
+from sklearn.model_selection import ShuffleSplit
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from skorch.callbacks import EarlyStopping, GradientNormClipping, LRScheduler, PassthroughScoring
+from skorch.callbacks import EarlyStopping, GradientNormClipping, PassthroughScoring
 from skorch.dataset import ValidSplit
 
 from ._dynamics import flow
 from ._loss import negative_log_likelihood
 from ._net import (
+    BatchStream,
+    Budget,
     FiniteGuard,
     FlowModule,
     OTFlowLoss,
     OTFlowNet,
+    Progress,
     StepRefinement,
     TrainingDiverged,
     WeightAveraging,
     batch_loader,
 )
 from ._potential import Potential
+from ._threads import thread_share
 from ._validation import check_input, standardization
 
 __all__ = ["OTFlowDensity"]
@@ -88,50 +93,16 @@ _AUTO_WEIGHT_DECAY = 0.1
 _UNDECAYED = [("potential.[Abc]", {"weight_decay": 0.0}), ("potential.*bias", {"weight_decay": 0.0})]
 _DECAYED_GROUP = len(_UNDECAYED)  # skorch appends the remaining parameters' group after the listed ones
 
-_calls = threading.local()  # per thread: is a fit or an evaluation already running here?
-_active = [0]  # fits and evaluations running at this moment in this process
-_active_lock = threading.Lock()
+# Training is measured in optimizer steps: validation runs after every round of this many (fewer in
+# the last round of a budget), so its cost does not grow with the number of rows.
+_VALIDATION_INTERVAL = 100
 
+# At most this many rows are held out for validation: enough to rank weights by their held-out
+# likelihood, and a bounded cost per round whatever the size of the data.
+_MAX_VALID_ROWS = 2000
 
-# Training steps with at most this many entries per (width x rows x (features + 1)) activation are bound
-# by per-operation overhead, which a second intra-op thread only adds to: a make_moons step (width 32,
-# 256 rows, d = 2: 24,576) took 18.3 ms on one thread and 19.7-20.2 ms on two (20 epochs of the default
-# moons fit: 13.6-13.9 s against 14.2-14.4 s); at d = 10 (90,112) two threads were 3 % faster. Training
-# below this size runs on one thread.
-_ONE_THREAD_WORK = 1 << 16
-
-
-@contextlib.contextmanager
-def _thread_share(cap: int | None = None):
-    """Run torch with this call's share of the intra-op threads, restored afterwards.
-
-    Calls running at once in one process (joblib's threading backend, a thread pool) split the threads
-    between them instead of each using ``torch.get_num_threads()`` and oversubscribing the cores. torch's
-    thread count is per calling thread (OpenMP), so the scope touches no other thread. Yields a function
-    that re-applies the share, for loops to call as other calls start and end. Worker processes
-    (joblib's loky, Dask) already start torch with their share: both set ``OMP_NUM_THREADS`` in them.
-    ``cap`` bounds the share (see ``_ONE_THREAD_WORK``).
-    """
-    if getattr(_calls, "inside", False):  # nested (fit's own evaluation): keep the outer share
-        yield lambda: None
-        return
-    total = torch.get_num_threads()
-
-    def rebalance() -> None:
-        torch.set_num_threads(max(1, min(cap or total, total // max(1, _active[0]))))
-
-    with _active_lock:
-        _active[0] += 1
-    rebalance()
-    _calls.inside = True
-    try:
-        yield rebalance
-    finally:
-        _calls.inside = False
-        torch.set_num_threads(total)
-        with _active_lock:
-            _active[0] -= 1
-
+# A trial of n_init runs the first 1 / _TRIAL_SHARE of its fit's budget.
+_TRIAL_SHARE = 25
 
 class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, BaseEstimator):
     r"""Density estimation with OT-Flow, a continuous normalizing flow regularized by optimal transport.
@@ -179,15 +150,23 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         evaluations. ``None`` means ``2 * n_steps_``, doubled after training (up to 8 times as many) for
         a fitted flow that this count does not resolve: one whose training rows' mean log-likelihood
         moves by more than 0.05 nats with twice the steps, with a warning (``n_steps_eval_``).
-    max_epochs : int, default=250
-        Maximum number of passes over the training data. On make_moons (8,000 rows) the default fit
-        was still improving at 150 epochs; 250 took 2.1 to 2.5 minutes on the 2-core benchmark machine.
+    max_iter : int, default=2000
+        Maximum number of optimizer steps (iterations), each on one minibatch of ``batch_size`` rows.
+        Unlike the epochs of :class:`~sklearn.neural_network.MLPClassifier`, the count does not
+        depend on the number of rows, so the fit's time does not grow with the data: larger data give
+        fresher minibatches, not longer fits. The learning rate anneals over this budget.
+    max_time : float or None, default=None
+        Wall-clock budget of ``fit`` in seconds. Training ends by then (with the best validated
+        weights, as at the end of ``max_iter``), and the learning rate anneals over whichever of
+        ``max_iter`` and ``max_time`` runs out first; the final check of the integration error comes
+        after it. ``None``: no limit.
     n_init : int, default=1
         Number of initializations to try, as in :class:`~sklearn.mixture.GaussianMixture`. Each trains
-        for the first ``ceil(max_epochs / 25)`` epochs of its fit (10 at the default ``max_epochs``;
-        the same schedule, minibatches and validation rows), and the whole fit of the one whose last
-        trial epoch has the lowest validation NLL (training NLL without ``early_stopping``) runs, its
-        trial epochs included: ``n_init * ceil(max_epochs / 25)`` epochs more than one fit. On
+        for the first 1/25 of its fit's budget (``ceil(max_iter / 25)`` steps, or 1/25 of
+        ``max_time``; the same schedule, minibatches and validation rows), and the whole fit of the
+        one whose trial ends with the lowest validation NLL (training NLL without ``early_stopping``)
+        runs, its trial included: ``n_init / 25`` of a fit more than one fit (with ``max_time``,
+        within it). On
         make_moons the initialization decides much of the score (one split, six seeds: -0.316 to
         -0.399), and the validation NLL of the early epochs ranks the final scores well (see the
         benchmarks page). Over six seeds per dataset, the best of 3 gained 0.026 nats on average on
@@ -202,7 +181,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         step costs about the same for 128 or 256 rows at a few features, so 256 rows buy more data per
         second.
     learning_rate : float, default=0.02
-        Adam's initial learning rate, decayed by a cosine schedule over ``max_epochs``.
+        Adam's initial learning rate, decayed by a cosine schedule over the budget (``max_iter`` or
+        ``max_time``, whichever runs out first).
     weight_decay : float or "auto", default="auto"
         Decoupled weight decay (:class:`torch.optim.AdamW`): each optimiser step first scales the
         residual network's weight matrices (:math:`K_0`, :math:`K_i` and :math:`w`) by
@@ -223,21 +203,22 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Validation, early stopping and the fitted model use the average; training updates the raw
         weights. ``0`` turns averaging off. It matters where early stopping ends a fit while the
         learning rate is still high: on the 1,797 digits (width 64) the held-out score rose from -45.61
-        to -45.21, and the validation curve became smooth. Where all ``max_epochs`` run, the cosine
+        to -45.21, and the validation curve became smooth. Where the whole budget runs, the cosine
         schedule has annealed the rate and both end alike (make_moons -0.317 against -0.318,
         8gaussians -2.856 against -2.856).
     early_stopping : bool, default=True
-        Hold out ``validation_fraction`` of the data, stop when its negative log-likelihood has not
-        improved for ``n_iter_no_change`` epochs, and keep the best weights. The held-out likelihood
+        Hold out ``validation_fraction`` of the data (at most 2,000 rows), score it after every 100
+        optimizer steps, stop when its negative log-likelihood has not improved for
+        ``n_iter_no_change`` steps, and keep the best weights. The held-out likelihood
         is computed as ``score`` computes it (``n_steps_eval`` or twice the training steps, exact
         trace), so a flow that learns to exploit the training steps' discretization error is not
         mistaken for a better one (unless it exploits these steps too: see ``n_steps_eval``).
     validation_fraction : float, default=0.1
-        Fraction of the training data held out for early stopping.
-    n_iter_no_change : int, default=40
-        Patience of early stopping, in epochs. While the learning rate is high the validation
-        likelihood is noisy from epoch to epoch; shorter patiences stopped fits that were still
-        improving (see the benchmarks page).
+        Fraction of the training data held out for early stopping, at most 2,000 rows.
+    n_iter_no_change : int, default=500
+        Patience of early stopping, in optimizer steps (rounded up to the validation interval of 100
+        steps). While the learning rate is high the validation likelihood is noisy from round to
+        round; shorter patiences stop fits that are still improving.
     standardize : bool, default=True
         Standardize each feature before the flow. Scores and samples are always in the caller's units.
     dtype : {"float32", "float64"}, default="float32"
@@ -250,8 +231,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Extra skorch callbacks, run after the built-in ones.
     warm_start : bool, default=False
         Start ``fit`` from the previous fit's weights and standardization, with the current
-        parameters: a new optimiser, learning-rate schedule, weight average and early stopping, for up
-        to ``max_epochs`` epochs. The architecture (``hidden_width``, ``n_layers``, ``rank``) must be
+        parameters: a new optimiser, learning-rate schedule, weight average and early stopping, for a
+        new budget of ``max_iter`` steps (and ``max_time``). The architecture (``hidden_width``, ``n_layers``, ``rank``) must be
         unchanged.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, minibatch order and the validation split. An int gives
@@ -259,7 +240,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     device : str, default="cpu"
         Torch device, e.g. ``"cuda"``.
     verbose : int, default=0
-        ``0`` is silent; ``1`` prints skorch's per-epoch table.
+        ``0`` is silent; ``1`` shows a progress bar (share of the budget, elapsed time, time left and
+        the latest validation log-likelihood in the data's units) and a summary line at the end;
+        ``2`` also prints skorch's table, a row per round of 100 steps.
 
     Attributes
     ----------
@@ -274,12 +257,18 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     net_ : skorch.NeuralNet
         The trained skorch net; ``net_.module_.potential`` is the potential :math:`\Phi`.
     history_ : skorch.History
-        Per-epoch records: ``train_loss``, ``train_nll``, ``train_transport``, ``train_hjb``, the
-        training ``n_steps`` (``fit`` only) and, with early stopping, the losses with the ``valid_``
-        prefix.
+        A row per round of training (100 optimizer steps in ``fit``, one pass over the chunk in
+        ``partial_fit``): ``iter`` (the steps run by the end of the round), ``train_loss``,
+        ``train_nll``, ``train_transport``, ``train_hjb``, the training ``n_steps`` (``fit`` only),
+        ``dur`` (seconds) and, with early stopping, the losses with the ``valid_`` prefix.
     n_iter_ : int
-        Number of epochs run by the last ``fit`` (also with ``warm_start``), plus those of the
+        Number of optimizer steps run by the last ``fit`` (also with ``warm_start``), plus those of the
         ``partial_fit`` calls since.
+    stopped_by_ : str
+        Why the last ``fit`` ended: ``"max_iter"``, ``"max_time"``, ``"early stopping"`` or
+        ``"divergence"``.
+    fit_time_ : float
+        Seconds of the last ``fit`` (training and the final check of the integration error).
     n_steps_ : int
         RK4 steps that training ended with: ``n_steps``, or more where the flow began to exploit their
         integration error (see ``n_steps``; the history's ``n_steps`` column gives each epoch's).
@@ -305,7 +294,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     >>> from sklearn.datasets import make_moons
     >>> from sklearn_otflow import OTFlowDensity
     >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-    >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+    >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
     >>> est.score_samples(X[:5]).shape
     (5,)
     >>> est.sample(3, random_state=0).shape
@@ -322,7 +311,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         "rank": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_steps": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_steps_eval": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_time": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -351,7 +341,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         rank=10,
         n_steps=8,
         n_steps_eval=None,
-        max_epochs=250,
+        max_iter=2000,
+        max_time=None,
         n_init=1,
         batch_size="auto",
         learning_rate=0.02,
@@ -359,7 +350,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         ema_decay=0.995,
         early_stopping=True,
         validation_fraction=0.1,
-        n_iter_no_change=40,
+        n_iter_no_change=500,
         standardize=True,
         dtype="float32",
         trace_precision="auto",
@@ -376,7 +367,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self.rank = rank
         self.n_steps = n_steps
         self.n_steps_eval = n_steps_eval
-        self.max_epochs = max_epochs
+        self.max_iter = max_iter
+        self.max_time = max_time
         self.n_init = n_init
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -415,7 +407,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         >>> from sklearn.datasets import make_moons
         >>> from sklearn_otflow import OTFlowDensity
         >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
         >>> est.n_features_in_, est.mean_.shape, est.scale_.shape
         (2, (2,), (2,))
         """
@@ -432,8 +424,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         own. Later calls continue with both fixed; a model fitted by :meth:`fit` can be continued the
         same way. Each call is one pass over ``X`` in mini-batches of ``batch_size`` at the constant
         ``learning_rate``, with no validation split, early stopping, learning-rate schedule or weight
-        averaging: the caller decides when the stream ends (``max_epochs``, ``early_stopping`` and
-        ``ema_decay`` are not used). ``weight_decay`` applies as in :meth:`fit`. ``learning_rate``,
+        averaging: the caller decides when the stream ends (``max_iter``, ``max_time``,
+        ``early_stopping`` and ``ema_decay`` are not used). ``weight_decay`` applies as in :meth:`fit`. ``learning_rate``,
         ``weight_decay``, ``batch_size``, ``alpha`` and ``alpha_hjb`` are read at every call, so a
         stream can lower its learning rate as it goes; the optimiser's state carries over.
 
@@ -484,7 +476,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         >>> from sklearn.datasets import make_moons
         >>> from sklearn_otflow import OTFlowDensity
         >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
         >>> est.score_samples(X[:5]).shape
         (5,)
         """
@@ -509,7 +501,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         >>> from sklearn.datasets import make_moons
         >>> from sklearn_otflow import OTFlowDensity
         >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
         >>> type(est.score(X)).__name__
         'float'
         """
@@ -535,7 +527,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         >>> from sklearn.datasets import make_moons
         >>> from sklearn_otflow import OTFlowDensity
         >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
         >>> est.sample(3, random_state=0).shape
         (3, 2)
         """
@@ -561,7 +553,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         >>> from sklearn.datasets import make_moons
         >>> from sklearn_otflow import OTFlowDensity
         >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
         >>> est.transform(X[:4]).shape
         (4, 2)
         """
@@ -584,7 +576,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         >>> from sklearn.datasets import make_moons
         >>> from sklearn_otflow import OTFlowDensity
         >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
         >>> Z = est.transform(X[:4])
         >>> est.inverse_transform(Z).shape
         (4, 2)
@@ -613,7 +605,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         >>> from sklearn.datasets import make_moons
         >>> from sklearn_otflow import OTFlowDensity
         >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-        >>> est = OTFlowDensity(hidden_width=8, max_epochs=2, random_state=0).fit(X)
+        >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
         >>> diagnostics = est.flow_diagnostics(X[:4])
         >>> diagnostics.latent.shape, diagnostics.log_det.shape, diagnostics.transport_cost.shape
         ((4, 2), (4,), (4,))
@@ -624,6 +616,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     # ------------------------------------------------------------------ private
 
     def _fit(self, X):
+        started = time.perf_counter()
         warm = self.warm_start and hasattr(self, "net_")
         X = check_input(self, X, reset=not warm)
         if not warm:
@@ -634,30 +627,52 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         start = self.net_.module_.potential if warm else None
         steps = max(self.n_steps, getattr(self, "n_steps_", 0)) if warm else self.n_steps
         seed = self._pick_initialization(X, seeds) if len(seeds) > 1 else seeds[0]
-        net = self._build_net(seed, len(X), n_steps=steps, split_seed=seeds[0])
-        return self._train(net, X, seed, initialize=True, start=start)
+        left = None if self.max_time is None else self.max_time - (time.perf_counter() - started)
+        net = self._build_net(seed, len(X), n_steps=steps, split_seed=seeds[0], max_time=left)
+        self._train(net, X, seed, initialize=True, start=start)
+        self.fit_time_ = time.perf_counter() - started
+        if self.verbose:
+            print(self._summary(), flush=True)
+        return self
 
     def _pick_initialization(self, X: np.ndarray, seeds: list[int]) -> int:
-        """The seed, of ``seeds``, whose first ``_trial_epochs`` epochs end with the lowest NLL.
+        """The seed, of ``seeds``, whose trial (the first 1/25 of its fit) ends with the lowest NLL.
 
         Each trial is the beginning of the fit that its seed would give (the same schedule, batches and
         validation rows, ``seeds[0]`` seeding the split for all), so the fit that follows repeats the
-        winner's trial epochs and goes on. The NLL compared is the last trial epoch's ``valid_nll``
-        (``train_nll`` without early stopping); a trial whose loss diverged loses.
+        winner's trial and goes on. The NLL compared is the trial's last ``valid_nll`` (``train_nll``
+        without early stopping); a trial whose loss diverged loses.
         """
-        epochs, scores = _trial_epochs(self.max_epochs), []
+        scores = []
         for i, seed in enumerate(seeds):
-            net = self._build_net(seed, len(X), split_seed=seeds[0]).set_params(verbose=0)
+            net = self._build_net(seed, len(X), split_seed=seeds[0], trial=True)
             try:
-                self._run_net(net, X, seed, initialize=True, epochs=epochs)
+                self._run_net(net, X, seed, initialize=True)
                 key = "valid_nll" if "valid_nll" in net.history[-1] else "train_nll"
                 score = float(net.history[-1, key])
             except TrainingDiverged:
                 score = math.inf
             scores.append(score if math.isfinite(score) else math.inf)
             if self.verbose:
-                print(f"initialization {i + 1}/{len(seeds)}: NLL {score:.4f} after {epochs} epochs")
+                steps = _steps_run(net.history or [])
+                print(f"initialization {i + 1}/{len(seeds)}: NLL {score:.4f} after {steps} steps")
         return seeds[int(np.argmin(scores))]
+
+    def _summary(self) -> str:
+        """The line that ``verbose`` prints after a fit."""
+        line = (
+            f"{type(self).__name__}: {self.n_iter_} steps in {self.fit_time_:.1f} s, stopped by "
+            f"{self.stopped_by_}"
+        )
+        if "valid_nll" in self.history_[-1]:
+            nll = self.history_[:, "valid_nll"]
+            best = int(np.argmin(nll))
+            log_lik = -nll[best] - np.log(self.scale_).sum()
+            line += (
+                f"; best validation log-likelihood {log_lik:.4f} per sample at step "
+                f"{self.history_[best, 'iter']}"
+            )
+        return line + f"; RK4 steps {self.n_steps_} in training, {self.n_steps_eval_} in evaluation."
 
     def _partial_fit(self, X, mean, scale):
         first = not hasattr(self, "net_")
@@ -673,13 +688,16 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             net = self._build_net(seed, len(X), streaming=True)
         else:
             net = copy.deepcopy(self.net_)  # see _kept_on_failure
-            # a model from fit() continues without its validation split, early stopping, schedule and
-            # weight averaging, at the initial learning rate
+            # a model from fit() continues without its budget, validation split, early stopping,
+            # schedule and weight averaging, at the initial learning rate, a pass over X per call
             names = dict(net.callbacks_)
-            built_in = ("early_stopping", "lr_schedule", "weight_averaging", "step_refinement")
+            built_in = ("budget", "progress", "early_stopping", "weight_averaging", "step_refinement")
             off = {f"callbacks__{name}": None for name in built_in if name in names}
             if off or net.train_split is not None:
                 net.set_params(train_split=None, **off).initialize_callbacks()
+                # as set_params records them (skorch's set_params refuses iterator parameters once
+                # the net is initialized): a pass over X per call, no budget
+                net.iterator_train__round_len = net.iterator_train__budget = None
             self._continue_with_current_parameters(net, len(X))
         return self._train(net, X, seed, initialize=first, epochs=1)
 
@@ -751,11 +769,13 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         """
         try:
             self._run_net(net, X, seed, initialize, start, **fit_params)
+            self.stopped_by_ = _stop_reason(net)
         except TrainingDiverged as exc:
             self._recover(net, dict(net.callbacks_)["finite_guard"], exc)
+            self.stopped_by_ = "divergence"
         self.net_ = net
         self.history_ = net.history
-        self.n_iter_ = len(net.history)
+        self.n_iter_ = _steps_run(net.history)
         self.n_steps_ = net.module_.n_steps
         validated = self._eval_steps(self.n_steps_)  # the count validation ended with
         self._resolve_eval_steps(X[:512])
@@ -789,14 +809,18 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     ) -> None:
         """skorch's training of ``net`` on rows ``X`` (caller's units), seeded by ``seed``; see ``_train``."""
         Xt = torch.as_tensor((X - self.mean_) / self.scale_, dtype=_DTYPES[self.dtype])
-        small = self._width() * net.batch_size * (self.n_features_in_ + 1) <= _ONE_THREAD_WORK
-        with _thread_share(cap=1 if small else None), torch.random.fork_rng(devices=[]):
+        work = self._width() * net.batch_size * (self.n_features_in_ + 1)  # entries of an activation
+        with thread_share(work) as rebalance, torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             if initialize:
                 net.initialize()
                 if start is not None:
                     _load_weights(net.module_.potential, start)
-            net.partial_fit(Xt, **fit_params)
+            net.rebalance_threads_ = rebalance
+            try:
+                net.partial_fit(Xt, **fit_params)
+            finally:
+                net.rebalance_threads_ = None
 
     def _resolve_eval_steps(self, X: np.ndarray) -> None:
         """Set ``n_steps_eval_`` and ``integration_error_`` from rows ``X`` (see the class docstring).
@@ -845,12 +869,16 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         streaming: bool = False,
         n_steps: int | None = None,
         split_seed: int | None = None,
+        max_time: float | None = None,
+        trial: bool = False,
     ) -> OTFlowNet:
         """skorch net for ``fit``, training with ``n_steps`` (default: the parameter) to start with, its
-        minibatch order seeded by ``seed`` and its validation split by ``split_seed`` (default: ``seed``);
-        with ``streaming`` (``partial_fit``), one without validation split, early stopping,
-        learning-rate schedule, weight averaging or step refinement, since the stream's length is
-        unknown (an average restarted at each call would hold every chunk back to its starting weights)."""
+        minibatch order seeded by ``seed`` and its validation split by ``split_seed`` (default: ``seed``),
+        for a budget of ``max_iter`` steps and ``max_time`` seconds (default: the parameter); a ``trial``
+        (``n_init``) stops after 1/25 of it, silently. With ``streaming`` (``partial_fit``), one
+        without budget, validation split, early stopping, learning-rate schedule, weight averaging or
+        step refinement, a pass over the rows per call, since the stream's length is unknown (an
+        average restarted at each call would hold every chunk back to its starting weights)."""
         n_steps = n_steps or self.n_steps
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -869,9 +897,13 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             for prefix in (("train", "valid") if validate else ("train",))
             for name in ("nll", "transport", "hjb")
         ]
-        callbacks = [(score.name, score) for score in scores]
+        budget, callbacks = None, []
+        if not streaming:  # first: it ends training before any callback begins a round that won't run
+            max_time = self.max_time if max_time is None else max_time
+            budget = Budget(self.max_iter, max_time, stop_at=1 / _TRIAL_SHARE if trial else 1.0)
+            callbacks.append(("budget", budget))
+        callbacks += [(score.name, score) for score in scores]
         if not streaming:
-            callbacks.append(("lr_schedule", LRScheduler("CosineAnnealingLR", T_max=self.max_epochs)))
             if self.ema_decay > 0:  # before the callbacks that save weights at the end of an epoch
                 callbacks.append(("weight_averaging", WeightAveraging(self.ema_decay)))
             # after the averaging: probes the weights that validation and the fitted model use
@@ -884,16 +916,21 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if validate:
             stop = EarlyStopping(
                 monitor="valid_nll",
-                patience=self.n_iter_no_change,
+                patience=math.ceil(self.n_iter_no_change / _VALIDATION_INTERVAL),
                 threshold=0.0,
                 load_best=True,
-                sink=print if self.verbose else _silent,
+                sink=print if self.verbose >= 2 else _silent,
             )
             callbacks.append(("early_stopping", stop))
+        if budget is not None and self.verbose and not trial:
+            log_scale = float(np.log(self.scale_).sum())
+            callbacks.append(("progress", Progress(budget, log_scale, type(self).__name__)))
         for i, cb in enumerate(self.callbacks or []):
             callbacks.append((f"user_{i}", cb))
         split_seed = seed if split_seed is None else split_seed
-        split = ValidSplit(self.validation_fraction, random_state=split_seed) if validate else None
+        n_valid = min(math.ceil(self.validation_fraction * n_samples), _MAX_VALID_ROWS)
+        split = ValidSplit(ShuffleSplit(1, test_size=n_valid, random_state=split_seed)) if validate else None
+        rounds = 1 if streaming else math.ceil(self.max_iter / _VALIDATION_INTERVAL)
         return OTFlowNet(
             FlowModule,
             module__n_features=d,
@@ -911,18 +948,19 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             optimizer__weight_decay=self._weight_decay(),
             optimizer__param_groups=_UNDECAYED,
             lr=self.learning_rate,
-            max_epochs=self.max_epochs,
+            max_epochs=rounds,
             batch_size=self._batch_rows(n_samples, None if streaming else validate),
-            iterator_train=batch_loader,
-            iterator_train__shuffle=True,
+            iterator_train=BatchStream,
             iterator_train__generator=torch.Generator().manual_seed(seed),
+            iterator_train__round_len=None if streaming else _VALIDATION_INTERVAL,
+            iterator_train__budget=budget,
             # validation is evaluation: no gradients, so score's batches (fewer tensor operations)
             iterator_valid=batch_loader,
             iterator_valid__batch_size=_eval_rows(self._width()),
             train_split=split,
             callbacks=callbacks,
             predict_nonlinearity=None,
-            verbose=self.verbose,
+            verbose=int(self.verbose >= 2 and not trial),
             device=device,
         )
 
@@ -962,7 +1000,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         rows = _eval_rows(potential.width)
         mean, scale = (torch.as_tensor(a, device=device) for a in (self.mean_, self.scale_))
         outs = None  # allocated once the first batch gives the shapes; filled in place
-        with torch.no_grad(), _thread_share() as rebalance:
+        with torch.no_grad(), thread_share() as rebalance:
             for start in range(0, X.shape[0], rows):
                 rebalance()
                 # a copy: as_tensor would share a read-only X's memory, which torch warns about
@@ -1001,9 +1039,19 @@ def _kept_on_failure(estimator: OTFlowDensity):
         raise
 
 
-def _trial_epochs(max_epochs: int) -> int:
-    """Epochs that each of ``n_init`` initializations trains before the best is kept (see ``n_init``)."""
-    return math.ceil(max_epochs / 25)
+def _steps_run(history) -> int:
+    """Optimizer steps recorded in a skorch history, a round that ended early (divergence) included."""
+    return sum(sum("train_loss" in batch for batch in row["batches"]) for row in history)
+
+
+def _stop_reason(net: OTFlowNet) -> str:
+    """Why ``net``'s training ended, as ``stopped_by_`` says (see the class docstring)."""
+    callbacks = dict(net.callbacks_)
+    stop = callbacks.get("early_stopping")
+    if stop is not None and stop.misses_ >= stop.patience:
+        return "early stopping"
+    budget = callbacks.get("budget")
+    return budget.stopped_by_ if budget is not None and budget.stopped_by_ else "max_iter"
 
 
 def _load_weights(new: Potential, old: Potential) -> None:

@@ -18,12 +18,18 @@ progress); this module only supplies what is specific to OT-Flow:
   model.
 - :class:`StepRefinement` gives training more RK4 steps once the flow starts to exploit the
   discretization error of the ones it has.
+- :class:`BatchStream` and :class:`Budget` set training's length in optimizer steps and seconds, not
+  in passes over the data: skorch's "epoch" is a *round* of at most ``round_len`` minibatches drawn
+  from a shuffled stream of the rows, followed by validation; the budget anneals the learning rate
+  over whichever of its step count and its deadline runs out first, and ends training inside a round
+  when time is up. :class:`Progress` shows it as one progress bar (tqdm, as skorch's own).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 
 import torch
 from skorch import NeuralNet
@@ -45,6 +51,10 @@ __all__ = [
     "WeightAveraging",
     "StepRefinement",
     "batch_loader",
+    "BatchStream",
+    "Budget",
+    "Progress",
+    "StopTraining",
 ]
 
 
@@ -91,6 +101,19 @@ class OTFlowNet(NeuralNet):
         (:func:`~sklearn_otflow._potential.reuse_scratch`)."""
         with reuse_scratch():
             return super().fit_loop(X, y, epochs=epochs, **fit_params)
+
+    rebalance_threads_ = None  # set while training: see sklearn_otflow._threads.thread_share
+
+    def on_epoch_begin(self, net, **kwargs):
+        """skorch's new history row; then each round takes its share of the threads again."""
+        super().on_epoch_begin(net, **kwargs)
+        if self.rebalance_threads_ is not None:
+            self.rebalance_threads_()
+
+    def on_epoch_end(self, net, **kwargs):
+        """Record ``iter``: the optimizer steps run by the end of this round, over the whole history."""
+        before = self.history[-2].get("iter", 0) if len(self.history) > 1 else 0
+        self.history.record("iter", before + self.history[-1].get("train_batch_count", 0))
 
     def get_loss(self, y_pred, y_true, X=None, training=False) -> Tensor:
         out = self.criterion_(y_pred)
@@ -306,3 +329,240 @@ def _valid_nll(net, dataset) -> float:
 def _copy(targets, sources) -> None:
     for target, source in zip(targets, sources, strict=True):
         target.copy_(source)
+
+
+class StopTraining(KeyboardInterrupt):
+    """Raised by :class:`Budget` once it is spent; skorch ends the loop on it, as it does for
+    :class:`~skorch.callbacks.EarlyStopping`'s ``KeyboardInterrupt``."""
+
+
+class BatchStream:
+    """skorch's ``iterator_train``: each pass over it is one *round* of at most ``round_len`` minibatches.
+
+    The minibatches are consecutive slices of a shuffled order of the rows; a round starts where the
+    previous one ended, and a new order is drawn when one is used up, so every row is seen once per
+    pass over the data whatever the round length (the last minibatch of a pass may be smaller). A
+    round ends early when ``budget`` says it is exhausted. Each minibatch is fetched with one indexing
+    of the dataset, as in :func:`batch_loader`.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        skorch's training dataset (or torch's ``Subset`` of it); indexed with a list of rows.
+    batch_size : int
+        Rows per minibatch.
+    generator : torch.Generator
+        Draws the orders.
+    round_len : int or None, default=None
+        Minibatches per round; ``None`` is one pass over the data.
+    budget : Budget or None, default=None
+        Consulted before every minibatch.
+    shuffle : bool, default=True
+        Draw a random order (else the rows' own).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skorch.dataset import Dataset
+    >>> from sklearn_otflow._net import BatchStream
+    >>> stream = BatchStream(Dataset(torch.zeros(10, 2), None), 4, torch.Generator(), round_len=4)
+    >>> [len(X) for X, _ in stream], [len(X) for X, _ in stream]
+    ([4, 4, 2, 4], [4, 2, 4, 4])
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        round_len: int | None = None,
+        budget: Budget | None = None,
+        shuffle: bool = True,
+    ) -> None:
+        self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
+        self.round_len, self.budget, self.shuffle = round_len, budget, shuffle
+        self._order, self._pos = None, 0
+
+    def _next_rows(self) -> list[int]:
+        n = len(self.dataset)
+        if self._order is None or self._pos >= n:
+            self._order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            self._pos = 0
+        rows = self._order[self._pos : self._pos + self.batch_size]
+        self._pos += len(rows)
+        return rows.tolist()
+
+    def __len__(self) -> int:
+        return self.round_len or math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self):
+        for _ in range(len(self)):
+            if self.budget is not None and self.budget.exhausted():
+                return
+            yield self.dataset[self._next_rows()]
+
+
+def _cosine(progress: float) -> float:
+    """The learning rate's factor at ``progress`` in [0, 1] of the budget: :math:`\\tfrac12(1 + \\cos\\pi p)`."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class Budget(Callback):
+    r"""Training's length in optimizer steps and seconds, and the learning rate that follows it.
+
+    After :math:`k` of ``max_iter`` steps and :math:`t` of ``max_time`` seconds, the progress is
+    :math:`p = \max(k / K, t / T)`, and the next step's learning rate is
+    :math:`\eta\,\tfrac12(1 + \cos\pi p)` (with ``schedule``): the schedule anneals over whichever
+    budget runs out first. Training takes no further minibatch once :math:`p` reaches ``stop_at``, or
+    would reach it before the next minibatch and the validation that ends its round are done (both
+    estimated from the last ones measured); that round is validated and ends as usual, and training
+    stops where the next round would begin (:class:`StopTraining`, before any other callback sees the
+    new round: the budget must be the first callback). The history's ``lr`` column is each round's
+    first learning rate.
+
+    Parameters
+    ----------
+    max_iter : int
+        Optimizer steps of the budget.
+    max_time : float or None, default=None
+        Seconds of the budget, from the start of training.
+    stop_at : float, default=1.0
+        The share of the budget after which training stops (less than 1 for a trial of the beginning
+        of a fit).
+    schedule : bool, default=True
+        Anneal the learning rate; else keep the optimiser's.
+    """
+
+    def __init__(
+        self, max_iter: int, max_time: float | None = None, stop_at: float = 1.0, schedule: bool = True
+    ) -> None:
+        self.max_iter, self.max_time, self.stop_at, self.schedule = max_iter, max_time, stop_at, schedule
+
+    def initialize(self):
+        self.iter_, self.start_, self.stopped_by_, self.lr_ = 0, None, None, None
+        self.batch_time_ = self.valid_time_ = None
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        self.initialize()
+        self.start_ = self._last = time.perf_counter()
+        self._valid_start, self._valid_rows, self._train_rows = None, 0, 1
+
+    def _share(self, ahead: float = 0.0) -> float:
+        """The share of the budget used, ``ahead`` seconds from now."""
+        share = self.iter_ / self.max_iter
+        if self.max_time is not None and self.start_ is not None:
+            share = max(share, (time.perf_counter() + ahead - self.start_) / self.max_time)
+        return share
+
+    @property
+    def progress(self) -> float:
+        """The share of the budget used so far, in [0, 1]."""
+        return min(self._share(), 1.0)
+
+    def exhausted(self) -> bool:
+        """Whether training should take no further minibatch (see the class docstring)."""
+        if self.stopped_by_ is None:
+            ahead = 0.0 if self.batch_time_ is None else self.batch_time_ + self._validation_time()
+            if self.iter_ >= self.stop_at * self.max_iter:
+                self.stopped_by_ = "max_iter"
+            elif self.max_time is not None and self._share(ahead) >= self.stop_at:
+                self.stopped_by_ = "max_time"
+        return self.stopped_by_ is not None
+
+    def _validation_time(self) -> float:
+        """The last validation's duration; before one is measured, the time of as many training rows."""
+        if self.valid_time_ is not None:
+            return self.valid_time_
+        return self.batch_time_ * self._valid_rows / self._train_rows
+
+    def on_epoch_begin(self, net, dataset_valid=None, **kwargs):
+        if self.exhausted():
+            del net.history[-1]  # the row skorch has just begun for a round that will not run
+            raise StopTraining
+        self._valid_rows = 0 if dataset_valid is None else len(dataset_valid)
+        self._last, self._valid_start = time.perf_counter(), None
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if training and self.schedule:
+            self.lr_ = net.lr * _cosine(self.progress)
+            for group in net.optimizer_.param_groups:
+                group["lr"] = self.lr_
+            if "lr" not in net.history[-1]:  # the round's first
+                net.history.record("lr", self.lr_)
+        elif not training and self._valid_start is None:
+            self._valid_start = time.perf_counter()
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        if training:
+            now = time.perf_counter()
+            elapsed, self._last = now - self._last, now
+            # a moving average: a step's time changes with the RK4 step count
+            self.batch_time_ = elapsed if self.batch_time_ is None else 0.8 * self.batch_time_ + 0.2 * elapsed
+            self._train_rows = max(1, len(batch[0]))
+            self.iter_ += 1
+
+    def on_epoch_end(self, net, **kwargs):
+        if self._valid_start is not None:
+            self.valid_time_ = time.perf_counter() - self._valid_start
+
+
+class Progress(Callback):
+    """One progress bar for a whole training run (tqdm): the share of the budget used, elapsed time,
+    estimated time left, and the latest validation log-likelihood in the data's units.
+
+    Parameters
+    ----------
+    budget : Budget
+        The run's budget, whose progress the bar shows.
+    log_scale : float
+        :math:`\\sum_j \\log\\sigma_j` of the standardization: the data's log-likelihood is the model's
+        minus this.
+    desc : str
+        The bar's label.
+    """
+
+    def __init__(self, budget: Budget, log_scale: float = 0.0, desc: str = "OTFlowDensity") -> None:
+        self.budget, self.log_scale, self.desc = budget, log_scale, desc
+
+    def initialize(self):
+        self.bar_ = None
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        from tqdm.auto import tqdm
+
+        bar = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
+        self.bar_ = tqdm(total=1000, desc=self.desc, bar_format=bar, leave=True, dynamic_ncols=True)
+        self._postfix = {}
+
+    def _show(self) -> None:
+        target = round(1000 * self.budget.progress)
+        if target > self.bar_.n:
+            self.bar_.update(target - self.bar_.n)
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training and self.bar_ is not None:
+            self._postfix["iter"] = self.budget.iter_
+            self._show()
+
+    def on_epoch_end(self, net, **kwargs):
+        if self.bar_ is None:
+            return
+        row = net.history[-1]
+        if "valid_nll" in row:
+            self._postfix["valid log-lik"] = f"{-row['valid_nll'] - self.log_scale:.4f}"
+        if "n_steps" in row:
+            self._postfix["RK4 steps"] = row["n_steps"]
+        self.bar_.set_postfix(self._postfix, refresh=False)
+        self._show()
+
+    def on_train_end(self, net, **kwargs):
+        if self.bar_ is not None:
+            self.bar_.close()
+            self.bar_ = None
+
+    def __getstate__(self):  # a fitted net is pickled; an open bar is not picklable
+        state = self.__dict__.copy()
+        state["bar_"] = None
+        return state

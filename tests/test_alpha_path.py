@@ -5,7 +5,7 @@ import pytest
 
 from sklearn_otflow import OTFlowDensity, alpha_path
 
-TINY = dict(hidden_width=4, n_steps=2, max_epochs=2, batch_size=64, random_state=0)
+TINY = dict(hidden_width=4, n_steps=2, max_iter=8, batch_size=64, random_state=0)
 
 
 @pytest.fixture(scope="module")

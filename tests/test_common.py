@@ -6,7 +6,7 @@ from sklearn_otflow import OTFlowDensity
 
 
 def tiny(**kwargs) -> OTFlowDensity:
-    params = dict(hidden_width=4, n_steps=2, max_epochs=2, batch_size=32, random_state=0)
+    params = dict(hidden_width=4, n_steps=2, max_iter=10, batch_size=32, random_state=0)
     return OTFlowDensity(**{**params, **kwargs})
 
 

@@ -22,11 +22,21 @@ from skorch.dataset import Dataset
 from skorch.history import History
 from torch.utils.data import DataLoader, Subset
 
+import sklearn_otflow._estimator as estimator_module
 from sklearn_otflow import OTFlowDensity
-from sklearn_otflow._net import FlowModule, StepRefinement, batch_loader
+from sklearn_otflow._net import BatchStream, FlowModule, StepRefinement, batch_loader
 
 # one layer: the tests' figures (a stiff flow, losses after an epoch) were set with it
 SMALL = dict(hidden_width=16, n_layers=1, n_steps=4, batch_size=128, random_state=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def rounds_of_one_pass():
+    """Validation after every 5 steps: one pass over the 540 training rows of ``moons`` in SMALL's
+    128-row minibatches, so that a round of these tests is an epoch, as their figures were set."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(estimator_module, "_VALIDATION_INTERVAL", 5)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +49,7 @@ def gaussian_data():
 
 @pytest.fixture(scope="module")
 def fitted(gaussian_data):
-    return OTFlowDensity(max_epochs=40, alpha=50.0, learning_rate=0.01, **SMALL).fit(gaussian_data)
+    return OTFlowDensity(max_iter=440, alpha=50.0, learning_rate=0.01, **SMALL).fit(gaussian_data)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +105,7 @@ def test_flow_diagnostics_are_consistent_with_score_samples(fitted, gaussian_dat
 def test_history_records_the_loss_parts(fitted):
     keys = {"train_loss", "train_nll", "train_transport", "train_hjb", "valid_nll", "valid_transport"}
     assert keys <= set(fitted.history_[-1])
-    assert fitted.n_iter_ == len(fitted.history_)
+    assert fitted.n_iter_ == fitted.history_[-1, "iter"] == sum(fitted.history_[:, "train_batch_count"]) == 440
     nll = fitted.history_[:, "valid_nll"]
     assert nll[-1] < nll[0]  # it learned
 
@@ -106,7 +116,7 @@ def test_integration_error_is_measured_and_warned_about(fitted, moons, monkeypat
 
     monkeypatch.setattr(_estimator, "_MAX_INTEGRATION_ERROR", -1.0)
     with pytest.warns(RuntimeWarning, match="does not resolve the fitted flow"):
-        OTFlowDensity(max_epochs=1, **SMALL).fit(moons)
+        OTFlowDensity(max_iter=5, **SMALL).fit(moons)
 
 
 def test_a_flow_the_evaluation_steps_do_not_resolve_is_evaluated_with_more(moons, monkeypatch):
@@ -117,11 +127,11 @@ def test_a_flow_the_evaluation_steps_do_not_resolve_is_evaluated_with_more(moons
     from sklearn_otflow import _estimator
 
     monkeypatch.setattr(_estimator, "_MAX_STEP_REFINEMENTS", 0)
-    est = OTFlowDensity(max_epochs=2, **SMALL).fit(moons)
+    est = OTFlowDensity(max_iter=10, **SMALL).fit(moons)
     assert est.n_steps_eval_ == 8
-    with torch.no_grad():  # a stiff flow: 8 steps are 0.1 nats off, 16 within 0.01
-        est.net_.module_.potential.w.mul_(10.0)
-    retrain = dict(warm_start=True, max_epochs=1, learning_rate=1e-9)  # keeps the weights
+    with torch.no_grad():  # a stiff flow: 8 steps are 0.09 nats off, 16 within 0.01
+        est.net_.module_.potential.w.mul_(15.0)
+    retrain = dict(warm_start=True, max_iter=5, learning_rate=1e-9)  # keeps the weights
     with pytest.warns(RuntimeWarning, match=r"use 16 \(n_steps_eval_\)"):
         est.set_params(**retrain).fit(moons)
     assert est.n_steps_eval_ == 16 and est.integration_error_ <= 0.05
@@ -169,17 +179,17 @@ def test_fit_refines_its_steps_and_evaluates_with_twice_the_final_count(moons, m
     validation and scores follow it, a warm start begins from it, and partial_fit does not refine."""
     from sklearn_otflow import _estimator
 
-    est = OTFlowDensity(max_epochs=2, **SMALL).fit(moons)  # a smooth early flow: no refinement
+    est = OTFlowDensity(max_iter=10, **SMALL).fit(moons)  # a smooth early flow: no refinement
     assert est.n_steps_ == 4 and [row["n_steps"] for row in est.history_] == [4, 4]
     monkeypatch.setattr(_estimator, "_STEP_TOLERANCE", -1.0)
-    est.set_params(max_epochs=3).fit(moons)
+    est.set_params(max_iter=15).fit(moons)
     assert [row["n_steps"] for row in est.history_] == [4, 6, 9]
     assert est.n_steps_ == 9 and est.net_.module_.n_steps_eval == 18 and est.n_steps_eval_ >= 18
-    est.set_params(warm_start=True, max_epochs=1).fit(moons)
+    est.set_params(warm_start=True, max_iter=5).fit(moons)
     assert [row["n_steps"] for row in est.history_] == [9]
     assert est.partial_fit(moons).n_steps_ == 14  # the last fit's refinement (9 -> 14), none here
     assert est.partial_fit(moons).n_steps_ == 14
-    given = OTFlowDensity(max_epochs=2, n_steps_eval=5, **SMALL).fit(moons)
+    given = OTFlowDensity(max_iter=10, n_steps_eval=5, **SMALL).fit(moons)
     assert given.n_steps_ == 9 and given.net_.module_.n_steps_eval == 5 and given.n_steps_eval_ == 5
 
 
@@ -205,11 +215,11 @@ def test_a_refinement_measures_validation_again_so_early_stopping_compares_like_
             net.module_.n_steps_eval = count
             seen.append((count, recorded, now, stop.dynamic_threshold_, best, before))
 
-    est = OTFlowDensity(max_epochs=2, **SMALL).fit(moons)
+    est = OTFlowDensity(max_iter=10, **SMALL).fit(moons)
     with torch.no_grad():
-        est.net_.module_.potential.w.mul_(10.0)
+        est.net_.module_.potential.w.mul_(15.0)
     monkeypatch.setattr(_estimator, "_STEP_TOLERANCE", -1.0)  # every epoch refines, twice at most
-    est.set_params(warm_start=True, max_epochs=3, learning_rate=1e-9, callbacks=[Check()]).fit(moons)
+    est.set_params(warm_start=True, max_iter=15, learning_rate=1e-9, callbacks=[Check()]).fit(moons)
     assert [row[0] for row in seen] == [12, 18, 18]
     for _, recorded, now, threshold, best, _ in seen:
         assert recorded == pytest.approx(now, rel=1e-5) and threshold == pytest.approx(best, rel=1e-5)
@@ -225,11 +235,11 @@ def test_score_is_the_mean_log_likelihood(fitted, gaussian_data):
 def test_same_random_state_gives_identical_fits_and_leaves_torch_rng_alone(moons):
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    a = OTFlowDensity(max_epochs=3, **SMALL).fit(moons)
+    a = OTFlowDensity(max_iter=15, **SMALL).fit(moons)
     assert torch.equal(torch.random.get_rng_state(), state)
-    b = OTFlowDensity(max_epochs=3, **SMALL).fit(moons)
+    b = OTFlowDensity(max_iter=15, **SMALL).fit(moons)
     np.testing.assert_array_equal(a.score_samples(moons), b.score_samples(moons))
-    c = OTFlowDensity(max_epochs=3, **{**SMALL, "random_state": 1}).fit(moons)
+    c = OTFlowDensity(max_iter=15, **{**SMALL, "random_state": 1}).fit(moons)
     assert not np.array_equal(a.score_samples(moons), c.score_samples(moons))
 
 
@@ -252,7 +262,7 @@ def test_clone_copies_parameters_not_the_fit(fitted):
 
 def test_grid_search_in_a_pipeline_ranks_by_held_out_log_likelihood(moons):
     pipe = Pipeline(
-        [("standardscaler", StandardScaler()), ("otflowdensity", OTFlowDensity(max_epochs=3, **SMALL))]
+        [("standardscaler", StandardScaler()), ("otflowdensity", OTFlowDensity(max_iter=15, **SMALL))]
     )
     cv = KFold(3, shuffle=True, random_state=0)
     search = GridSearchCV(pipe, {"otflowdensity__alpha": [1.0, 30.0]}, cv=cv, n_jobs=2).fit(moons)
@@ -275,14 +285,22 @@ def test_user_callbacks_pass_through_and_verbose_prints(moons, capsys):
             self.epochs += 1
 
     counter = Count()
-    est = OTFlowDensity(max_epochs=2, callbacks=[counter], verbose=1, **SMALL).fit(moons)
-    assert counter.epochs == est.n_iter_ == 2
+    est = OTFlowDensity(max_iter=10, callbacks=[counter], verbose=1, **SMALL).fit(moons)
+    assert counter.epochs == len(est.history_) == 2 and est.n_iter_ == 10
+    out, err = capsys.readouterr()
+    # verbose=1: a progress bar (tqdm, on stderr) with the validation log-likelihood in the data's
+    # units, and one summary line
+    valid = -est.history_[-1, "valid_nll"] - np.log(est.scale_).sum()
+    assert "OTFlowDensity: 100%" in err and f"valid log-lik={valid:.4f}" in err
+    assert out.startswith("OTFlowDensity: 10 steps in ") and "stopped by max_iter" in out
+    assert "valid_nll" not in out  # skorch's table is verbose=2's
+    OTFlowDensity(max_iter=10, verbose=2, **SMALL).fit(moons)
     assert "valid_nll" in capsys.readouterr().out
 
 
 def test_early_stopping_stops_and_keeps_the_best_weights(moons):
-    est = OTFlowDensity(max_epochs=200, n_iter_no_change=2, learning_rate=0.05, **SMALL).fit(moons)
-    assert est.n_iter_ < 200
+    est = OTFlowDensity(max_iter=1000, n_iter_no_change=10, learning_rate=0.05, **SMALL).fit(moons)
+    assert est.n_iter_ < 1000 and est.stopped_by_ == "early stopping"
     best = min(est.history_[:, "valid_nll"])
     X_valid_nll = [row["valid_nll"] for row in est.history_ if row.get("valid_nll_best")]
     assert X_valid_nll[-1] == best
@@ -305,7 +323,7 @@ def test_early_stopping_scores_at_the_evaluation_step_count(moons, monkeypatch):
 
     monkeypatch.setattr(net_module, "flow", spy)
     monkeypatch.setattr(_estimator, "_MAX_STEP_REFINEMENTS", 0)  # its probe flows without gradients too
-    OTFlowDensity(max_epochs=1, n_steps_eval=7, **SMALL).fit(moons)
+    OTFlowDensity(max_iter=5, n_steps_eval=7, **SMALL).fit(moons)
     assert {steps for grad, steps in calls if grad} == {SMALL["n_steps"]}
     assert {steps for grad, steps in calls if not grad} == {7}
 
@@ -314,14 +332,14 @@ def test_constant_column_and_large_scale_just_work():
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.normal(size=300), np.full(300, 7.0)])
     with pytest.warns(UserWarning, match="constant"):
-        est = OTFlowDensity(max_epochs=3, **SMALL).fit(X)
+        est = OTFlowDensity(max_iter=15, **SMALL).fit(X)
     assert np.isfinite(est.score_samples(X)).all() and np.isfinite(est.sample(10, random_state=0)).all()
 
     # standardization makes the fit invariant to units: 1e6-scaled data give the same model
     small = rng.normal(size=(400, 2))
     big = small * 1e6 + 5e6
-    ref = OTFlowDensity(max_epochs=3, **SMALL).fit(small)
-    est = OTFlowDensity(max_epochs=3, **SMALL).fit(big)
+    ref = OTFlowDensity(max_iter=15, **SMALL).fit(small)
+    est = OTFlowDensity(max_iter=15, **SMALL).fit(big)
     np.testing.assert_allclose(est.score_samples(big), ref.score_samples(small) - 2 * np.log(1e6), atol=1e-3)
     np.testing.assert_allclose(
         est.sample(50, random_state=0), ref.sample(50, random_state=0) * 1e6 + 5e6, rtol=1e-3
@@ -343,14 +361,14 @@ class _Poison(Callback):
 
 def test_divergence_restores_the_last_finite_weights_with_a_warning(moons):
     with pytest.warns(RuntimeWarning, match="last epoch with a finite loss"):
-        est = OTFlowDensity(max_epochs=5, callbacks=[_Poison(3)], **SMALL).fit(moons)
+        est = OTFlowDensity(max_iter=25, callbacks=[_Poison(3)], **SMALL).fit(moons)
     assert np.isfinite(est.score_samples(moons)).all()
 
 
 def test_divergence_before_any_finite_epoch_raises_and_keeps_the_old_fit(fitted, gaussian_data):
     est = pickle.loads(pickle.dumps(fitted))
     before = est.score_samples(gaussian_data[:20])
-    est.set_params(callbacks=[_Poison(1)], max_epochs=2)
+    est.set_params(callbacks=[_Poison(1)], max_iter=10)
     with pytest.raises(ValueError, match="Training diverged"):
         est.fit(gaussian_data[:300, ::-1])
     np.testing.assert_array_equal(est.score_samples(gaussian_data[:20]), before)
@@ -371,7 +389,7 @@ BAD_INPUTS = {
 def test_bad_fit_inputs_raise_clear_errors(name):
     X, error, match = BAD_INPUTS[name]
     with pytest.raises(error, match=match):
-        OTFlowDensity(max_epochs=1, **SMALL).fit(X)
+        OTFlowDensity(max_iter=5, **SMALL).fit(X)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -386,7 +404,7 @@ def test_non_finite_values_anywhere_are_rejected(fitted, n, d, bad, dtype, data)
     X = np.zeros((n, d), dtype=dtype)
     X[data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, d - 1))] = bad
     with pytest.raises(ValueError, match="NaN|infinity"):
-        OTFlowDensity(max_epochs=1, **SMALL).fit(X)
+        OTFlowDensity(max_iter=5, **SMALL).fit(X)
     if d == 2:
         with pytest.raises(ValueError, match="NaN|infinity"):
             fitted.score_samples(X)
@@ -436,7 +454,7 @@ def test_bad_parameters_raise(params, match):
 
 
 def test_float64_training_and_exact_trace(moons):
-    est = OTFlowDensity(max_epochs=2, dtype="float64", trace_precision="exact", **SMALL).fit(moons)
+    est = OTFlowDensity(max_iter=10, dtype="float64", trace_precision="exact", **SMALL).fit(moons)
     assert est.net_.module_.potential.A.dtype == torch.float64
     assert np.isfinite(est.score(moons))
 
@@ -451,11 +469,11 @@ def _candidate_fit(X, candidate: int, **params) -> OTFlowDensity:
 @pytest.mark.parametrize("early_stopping, nll", [(True, "valid_nll"), (False, "train_nll")])
 def test_n_init_keeps_the_initialization_whose_first_epochs_score_best(moons, early_stopping, nll):
     """Each trial is the beginning of its seed's fit (same schedule, batches and validation rows), so
-    the fit kept is the whole fit of the candidate whose NLL after the trial epochs, ceil(max_epochs /
-    25), is lowest: the validation NLL, or the training NLL without a validation split."""
-    params = dict(max_epochs=3, n_init=3, early_stopping=early_stopping, **SMALL)
+    the fit kept is the whole fit of the candidate whose NLL after the trial, 1/25 of the budget, is
+    lowest: the validation NLL, or the training NLL without a validation split."""
+    params = dict(max_iter=125, n_init=3, early_stopping=early_stopping, **SMALL)
     fits = [_candidate_fit(moons, i, **params) for i in range(3)]
-    trial = [fit.history_[0, nll] for fit in fits]  # after 1 = ceil(3 / 25) epoch
+    trial = [fit.history_[0, nll] for fit in fits]  # after 125 / 25 = 5 steps, the first round
     best = int(np.argmin(trial))
     assert best != 0 and len(set(trial)) == 3  # the data make the choice matter
     est = OTFlowDensity(**params).fit(moons)
@@ -474,46 +492,47 @@ def test_n_init_reports_each_trial_and_a_diverging_trial_loses(moons, monkeypatc
     original = OTFlowDensity._run_net
 
     def run_net(self, net, X, seed, initialize, start=None, **fit_params):
-        trained.append((seed, "epochs" in fit_params))
-        if "epochs" in fit_params and seed != seeds[-1]:
+        trial = dict(net.callbacks)["budget"].stop_at < 1
+        trained.append((seed, trial))
+        if trial and seed != seeds[-1]:
             raise TrainingDiverged("the training loss became nan in epoch 1")
         return original(self, net, X, seed, initialize, start, **fit_params)
 
     monkeypatch.setattr(OTFlowDensity, "_run_net", run_net)
-    est = OTFlowDensity(max_epochs=4, n_init=3, verbose=1, **SMALL).fit(moons)
+    est = OTFlowDensity(max_iter=100, n_init=3, verbose=1, **SMALL).fit(moons)
     assert trained == [(seed, True) for seed in seeds] + [(seeds[-1], False)]
-    assert est.n_iter_ == 4 and np.isfinite(est.score(moons))
+    assert est.n_iter_ == 100 and np.isfinite(est.score(moons))
     out = capsys.readouterr().out
     assert "initialization 1/3: NLL inf" in out and "initialization 3/3: NLL" in out
 
 
 def test_a_warm_start_tries_no_initializations(moons, monkeypatch):
-    est = OTFlowDensity(max_epochs=2, n_init=2, warm_start=True, **SMALL).fit(moons)
+    est = OTFlowDensity(max_iter=10, n_init=2, warm_start=True, **SMALL).fit(moons)
 
     def fail(self, X, seeds):
         raise AssertionError("a warm start continues the fitted weights: no initializations to try")
 
     monkeypatch.setattr(OTFlowDensity, "_pick_initialization", fail)
-    assert est.fit(moons).n_iter_ == 2
+    assert est.fit(moons).n_iter_ == 10
 
 
 def test_warm_start_continues_from_the_weights_with_the_current_parameters(moons):
     """A warm fit starts from the fitted weights, with the parameters as they are now (as scikit-learn's
-    warm_start does): max_epochs, learning_rate and alpha set after the first fit take effect."""
-    est = OTFlowDensity(max_epochs=2, warm_start=True, **SMALL).fit(moons)
+    warm_start does): max_iter, learning_rate and alpha set after the first fit take effect."""
+    est = OTFlowDensity(max_iter=10, warm_start=True, **SMALL).fit(moons)
     first, weights = est.net_, est.net_.module_.potential.state_dict()
-    est.set_params(max_epochs=3, learning_rate=0.005, alpha=30.0).fit(moons)
-    assert est.net_ is not first and est.n_iter_ == 3 and len(est.history_) == 3
+    est.set_params(max_iter=15, learning_rate=0.005, alpha=30.0).fit(moons)
+    assert est.net_ is not first and est.n_iter_ == 15 and len(est.history_) == 3
     assert est.net_.lr == 0.005 and est.net_.criterion_.alpha == 30.0
-    assert est.history_[0, "event_lr"] == pytest.approx(0.005)  # a new schedule, not the old one's end
+    assert est.history_[0, "lr"] == pytest.approx(0.005)  # a new schedule, not the old one's end
     # the first net is untouched (a failed call keeps the model), and the new one started from it
     torch.testing.assert_close(first.module_.potential.state_dict(), weights, rtol=0, atol=0)
-    cold = OTFlowDensity(max_epochs=1, learning_rate=0.005, alpha=30.0, **SMALL).fit(moons)
+    cold = OTFlowDensity(max_iter=5, learning_rate=0.005, alpha=30.0, **SMALL).fit(moons)
     assert est.history_[0, "train_nll"] < cold.history_[0, "train_nll"] - 0.1
 
 
 def test_warm_start_with_another_architecture_raises_and_keeps_the_model(moons):
-    est = OTFlowDensity(max_epochs=1, warm_start=True, **SMALL).fit(moons)
+    est = OTFlowDensity(max_iter=5, warm_start=True, **SMALL).fit(moons)
     before = est.score_samples(moons[:20])
     with pytest.raises(ValueError, match="hidden_width=16, n_layers=1 and rank=3; the parameters now give"):
         est.set_params(hidden_width=8).fit(moons)
@@ -521,7 +540,7 @@ def test_warm_start_with_another_architecture_raises_and_keeps_the_model(moons):
 
 
 def test_transform_in_a_pipeline_gaussianizes(moons):
-    pipe = make_pipeline(StandardScaler(), OTFlowDensity(max_epochs=2, **SMALL)).fit(moons)
+    pipe = make_pipeline(StandardScaler(), OTFlowDensity(max_iter=10, **SMALL)).fit(moons)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Z = pipe.transform(moons)
@@ -531,7 +550,7 @@ def test_transform_in_a_pipeline_gaussianizes(moons):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_fit_score_sample(moons):
-    est = OTFlowDensity(max_epochs=2, device="cuda", **SMALL).fit(moons)
+    est = OTFlowDensity(max_iter=10, device="cuda", **SMALL).fit(moons)
     assert np.isfinite(est.score_samples(moons)).all()
     assert est.sample(5, random_state=0).shape == (5, 2)
 
@@ -561,7 +580,7 @@ def test_default_fit_does_not_collapse_to_the_gaussian():
     angles = np.arange(8) * np.pi / 4
     means = 2.0 * np.stack([np.cos(angles), np.sin(angles)], 1)
     X, X_test = (means[rng.integers(8, size=n)] + 0.25 * rng.normal(size=(n, 2)) for n in (2000, 1000))
-    est = OTFlowDensity(max_epochs=20, random_state=0).fit(X)
+    est = OTFlowDensity(max_iter=400, random_state=0).fit(X)
     gaussian = multivariate_normal(X.mean(0), np.cov(X.T)).logpdf(X_test).mean()
     assert est.score(X_test) > gaussian + 0.5
 
@@ -573,7 +592,7 @@ def test_default_fit_does_not_collapse_to_the_gaussian():
 def test_auto_batch_size_gives_small_data_twenty_steps_per_epoch(n, early_stopping, rows):
     """``"auto"``: min(256, max(32, n_train // 20)) rows, n_train after the validation split."""
     X = np.random.default_rng(0).normal(size=(n, 2))
-    est = OTFlowDensity(hidden_width=4, n_steps=1, max_epochs=1, early_stopping=early_stopping)
+    est = OTFlowDensity(hidden_width=4, n_steps=1, max_iter=5, early_stopping=early_stopping)
     est.fit(X)
     assert est.net_.batch_size == rows
     assert est.set_params(batch_size=7).fit(X[:50]).net_.batch_size == 7
@@ -592,7 +611,7 @@ def test_batch_loader_gives_a_shuffling_data_loaders_batches():
 
 def test_validation_runs_in_evaluation_sized_batches(moons):
     """Validation holds no gradients: its batches are score's (4,096 rows at width 32), not training's."""
-    est = OTFlowDensity(max_epochs=1, batch_size=16, hidden_width=32, n_steps=1).fit(moons)
+    est = OTFlowDensity(max_iter=34, batch_size=16, hidden_width=32, n_steps=1).fit(moons)  # one pass
     batches = est.history_[-1]["batches"]
     assert [b["valid_batch_size"] for b in batches if "valid_batch_size" in b] == [60]
     assert {b["train_batch_size"] for b in batches if "train_batch_size" in b} == {16, 540 % 16}
@@ -622,7 +641,7 @@ def test_weight_averaging_is_validated_and_kept_while_training_goes_on_raw(moons
     is what validation sees and what the fit keeps; each step starts from the previous raw weights."""
     record = _Record()
     est = OTFlowDensity(
-        max_epochs=3, ema_decay=0.9, early_stopping=early_stopping, callbacks=[record], **SMALL
+        max_iter=15, ema_decay=0.9, early_stopping=early_stopping, callbacks=[record], **SMALL
     )
     est.fit(moons)
     average = record.after[0].clone()
@@ -642,7 +661,7 @@ def test_weight_averaging_is_validated_and_kept_while_training_goes_on_raw(moons
 
 def test_without_weight_averaging_the_fit_keeps_the_last_raw_weights(moons):
     record = _Record()
-    est = OTFlowDensity(max_epochs=2, ema_decay=0.0, early_stopping=False, callbacks=[record], **SMALL)
+    est = OTFlowDensity(max_iter=10, ema_decay=0.0, early_stopping=False, callbacks=[record], **SMALL)
     est.fit(moons)
     final = torch.cat([p.detach().flatten() for p in est.net_.module_.potential.parameters()])
     torch.testing.assert_close(final, record.after[-1], rtol=0, atol=0)
@@ -652,7 +671,7 @@ def test_without_weight_averaging_the_fit_keeps_the_last_raw_weights(moons):
 @pytest.mark.parametrize("d, width", [(1, 32), (2, 32), (3, 64), (15, 64)])
 def test_auto_hidden_width_is_32_up_to_two_features_and_64_above(d, width):
     X = np.random.default_rng(0).normal(size=(60, d))
-    est = OTFlowDensity(n_steps=1, max_epochs=1, random_state=0).fit(X)
+    est = OTFlowDensity(n_steps=1, max_iter=5, random_state=0).fit(X)
     assert est.net_.module_.potential.width == width
     assert est.set_params(hidden_width=5).fit(X).net_.module_.potential.width == 5
 
@@ -660,14 +679,14 @@ def test_auto_hidden_width_is_32_up_to_two_features_and_64_above(d, width):
 def test_fit_releases_the_scratch_memory_its_integrations_shared(moons):
     from sklearn_otflow import _potential
 
-    OTFlowDensity(max_epochs=2, **SMALL).fit(moons).partial_fit(moons)
+    OTFlowDensity(max_iter=10, **SMALL).fit(moons).partial_fit(moons)
     assert not _potential._SPARE and not _potential._REUSE
 
 
 @pytest.mark.parametrize("d, layers", [(1, 2), (2, 2), (3, 1), (15, 1)])
 def test_auto_n_layers_is_2_up_to_two_features_and_1_above(d, layers):
     X = np.random.default_rng(0).normal(size=(60, d))
-    est = OTFlowDensity(hidden_width=4, n_steps=1, max_epochs=1, random_state=0).fit(X)
+    est = OTFlowDensity(hidden_width=4, n_steps=1, max_iter=5, random_state=0).fit(X)
     assert est.net_.module_.potential.n_layers == layers
     assert np.isfinite(est.score_samples(X)).all()
     assert est.set_params(n_layers=3).fit(X).net_.module_.potential.n_layers == 3
@@ -686,7 +705,7 @@ DECAYED = {"w", "opening.weight", "layers.0.weight", "layers.1.weight"}
 @pytest.mark.parametrize("d, decay", [(1, 0.0), (2, 0.0), (3, 0.1), (15, 0.1)])
 def test_auto_weight_decay_is_zero_up_to_two_features_and_0_1_above(d, decay):
     X = np.random.default_rng(0).normal(size=(60, d))
-    est = OTFlowDensity(hidden_width=4, n_steps=1, max_epochs=1, random_state=0).fit(X)
+    est = OTFlowDensity(hidden_width=4, n_steps=1, max_iter=5, random_state=0).fit(X)
     assert {v for k, v in _decays(est).items() if k in DECAYED} == {decay}
     assert {v for k, v in _decays(est.partial_fit(X)).items() if k in DECAYED} == {decay}
     est.set_params(weight_decay=0.05).fit(X)
@@ -698,7 +717,7 @@ def test_weight_decay_acts_on_the_network_weights_only(fit):
     """The residual network's weight matrices (K_0, K_i, w) are decayed; the biases and the quadratic and
     linear terms A, b, c (the potential's Gaussian part) are not, also after partial_fit changes the decay."""
     X = np.random.default_rng(0).normal(size=(60, 3))
-    est = OTFlowDensity(hidden_width=4, n_layers=2, n_steps=1, max_epochs=1, weight_decay=0.2, random_state=0)
+    est = OTFlowDensity(hidden_width=4, n_layers=2, n_steps=1, max_iter=5, weight_decay=0.2, random_state=0)
     getattr(est, fit)(X)
     expected = {
         "A": 0.0, "b": 0.0, "c": 0.0, "opening.bias": 0.0, "layers.0.bias": 0.0, "layers.1.bias": 0.0,
@@ -714,13 +733,13 @@ def test_weight_decay_shrinks_the_weights(moons):
     """Decoupled decay (AdamW): every step scales each weight by 1 - learning_rate * weight_decay before
     Adam's step, so a strong decay ends far below the undecayed fit; a decay that is not passed to the
     optimiser fails this."""
-    fit = dict(max_epochs=2, early_stopping=False, ema_decay=0.0, learning_rate=0.02, **SMALL)
+    fit = dict(max_iter=10, early_stopping=False, ema_decay=0.0, learning_rate=0.02, **SMALL)
     plain = OTFlowDensity(weight_decay=0.0, **fit).fit(moons)
     strong = OTFlowDensity(weight_decay=20.0, **fit).fit(moons)
 
     def norm(est):
         return float(est.net_.module_.potential.layers[0].weight.detach().norm())
 
-    # each step of the first epoch scales by 1 - 0.02 * 20 = 0.6, of the second (cosine-annealed rate
-    # 0.01) by 0.8; Adam's steps, at most about the rate per entry, cannot make up for it
+    # each of the 10 steps scales by 1 - 0.02 * 20 * c_k = 0.6 to 0.99, c_k the cosine schedule's
+    # factor; Adam's steps, at most about the rate per entry, cannot make up for it
     assert norm(strong) < 0.25 * norm(plain)

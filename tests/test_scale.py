@@ -39,9 +39,9 @@ def streamed(gaussian_split):
 
 def test_partial_fit_matches_a_full_fit(streamed, gaussian_split):
     X, X_test = gaussian_split
-    full = OTFlowDensity(max_epochs=15, early_stopping=False, **SMALL).fit(X)
+    full = OTFlowDensity(max_iter=180, early_stopping=False, **SMALL).fit(X)  # 15 passes of 12 steps
     true = multivariate_normal(MEAN, COV).logpdf(X_test).mean()
-    assert streamed.n_iter_ == 45
+    assert streamed.n_iter_ == 180  # 15 passes over 3 chunks of 4 steps
     assert abs(streamed.score(X_test) - full.score(X_test)) < 0.05
     assert abs(streamed.score(X_test) - true) < 0.1
     assert np.isfinite(streamed.score_samples(X_test)).all()
@@ -75,13 +75,13 @@ def test_partial_fit_uses_the_standardization_it_is_given(gaussian_split):
 
 def test_partial_fit_continues_a_fitted_model(gaussian_split):
     X, X_test = gaussian_split
-    est = OTFlowDensity(max_epochs=3, **SMALL).fit(X)
+    est = OTFlowDensity(max_iter=33, verbose=1, **SMALL).fit(X)
     before = est.score_samples(X_test)
     est.partial_fit(X[:500])
-    assert est.n_iter_ == 4
+    assert est.n_iter_ == 33 + 4 and est.history_[-1, "iter"] == 37  # a pass over 500 rows: 4 steps
     assert est.net_.train_split is None
     names = dict(est.net_.callbacks_)
-    assert not {"early_stopping", "lr_schedule", "weight_averaging"} & set(names)
+    assert not {"budget", "progress", "early_stopping", "weight_averaging", "step_refinement"} & set(names)
     # the fit's cosine schedule had annealed the rate to 0: the stream trains at learning_rate again
     assert est.net_.optimizer_.param_groups[0]["lr"] == SMALL["learning_rate"]
     assert not np.allclose(est.score_samples(X_test), before)
@@ -197,7 +197,7 @@ def test_grid_search_on_a_dask_cluster_equals_the_local_one(gaussian_split):
     import joblib
 
     X, _ = gaussian_split
-    params = dict(hidden_width=8, n_steps=4, max_epochs=3, random_state=0)
+    params = dict(hidden_width=8, n_steps=4, max_iter=15, random_state=0)
 
     def search():
         grid = {"alpha": [10.0, 50.0]}
@@ -229,5 +229,5 @@ def test_small_training_runs_on_one_thread_and_restores_the_count():
 
     before = torch.get_num_threads()
     X = np.random.default_rng(0).normal(size=(300, 2))
-    OTFlowDensity(hidden_width=8, n_steps=2, max_epochs=2, callbacks=[Record()]).fit(X)
+    OTFlowDensity(hidden_width=8, n_steps=2, max_iter=200, callbacks=[Record()]).fit(X)  # 2 rounds
     assert seen == [1, 1] and torch.get_num_threads() == before
