@@ -34,8 +34,9 @@ mean log-likelihood (the negative entropy) of each known density, from 200,000 d
     true model; a flow must tear the latent's one mode into nine narrow ones).
 ``rings``
     Three concentric rings of radii 1, 2 and 3 (equal weights), uniform angle and
-    :math:`\mathcal N(0, 0.08^2)` radial noise: :math:`p(x) = \tfrac13\sum_k \varphi_{0.08}(r - R_k) / (2\pi r)`,
-    :math:`r = |x|` (the mass the radial noise puts below 0 is :math:`< 10^{-30}`).
+    :math:`\mathcal N(0, 0.08^2)` radial noise:
+    :math:`p(x) = \tfrac13\sum_k \varphi_{0.08}(r - R_k) / (2\pi r)`, :math:`r = |x|`
+    (the mass the radial noise puts below 0 is :math:`< 10^{-30}`).
 ``banana10``
     ``gmm10`` warped by :math:`y_1 = x_1`, :math:`y_i = x_i + 0.15\,x_{i-1}^2` (:math:`i \ge 2`). The
     Jacobian is triangular with unit diagonal, so :math:`\log p_Y(y) = \log p_X(x(y))` with the inverse
@@ -201,7 +202,9 @@ def rings(n: int, seed: int) -> np.ndarray:
 def rings_log_density(X: np.ndarray) -> np.ndarray:
     r = np.linalg.norm(X, axis=1)
     terms = [-0.5 * ((r - R) / RING_STD) ** 2 for R in RING_RADII]
-    log_radial = logsumexp(np.stack(terms), axis=0) - math.log(len(RING_RADII) * RING_STD * math.sqrt(2 * math.pi))
+    log_radial = logsumexp(np.stack(terms), axis=0) - math.log(
+        len(RING_RADII) * RING_STD * math.sqrt(2 * math.pi)
+    )
     return log_radial - np.log(2 * math.pi * r)
 
 

@@ -55,6 +55,11 @@ class ZukoDensity(DensityMixin, BaseEstimator):
         Training stops after the first epoch that ends past this much CPU time of the process
         (``time.process_time``: on one thread, a budget that other processes on the machine do not eat
         into); the best weights are kept.
+    checkpoints : tuple of float, default=()
+        Wall-clock seconds from the start of ``fit`` at which to keep a copy of the best validated
+        weights so far (in ``checkpoints_``, ``{seconds: state_dict}``), taken at the end of the last
+        epoch that ended by then: with a constant learning rate, what a fit given that many seconds
+        would return. :meth:`use_checkpoint` loads one.
     random_state : int or None, default=None
     """
 
@@ -70,6 +75,7 @@ class ZukoDensity(DensityMixin, BaseEstimator):
         n_iter_no_change=20,
         validation_fraction=0.1,
         max_seconds=300.0,
+        checkpoints=(),
         random_state=None,
     ):
         self.flow = flow
@@ -81,9 +87,11 @@ class ZukoDensity(DensityMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.validation_fraction = validation_fraction
         self.max_seconds = max_seconds
+        self.checkpoints = checkpoints
         self.random_state = random_state
 
     def fit(self, X, y=None):
+        self._wall_start = time.perf_counter()
         X = np.asarray(X, dtype=np.float64)
         rng = check_random_state(self.random_state)
         self.mean_, self.scale_ = X.mean(0), X.std(0)
@@ -101,7 +109,8 @@ class ZukoDensity(DensityMixin, BaseEstimator):
     def _train(self, Z_train: torch.Tensor, Z_valid: torch.Tensor) -> None:
         optimizer = torch.optim.Adam(self.flow_.parameters(), lr=self.learning_rate)
         best, best_state, stale = math.inf, copy.deepcopy(self.flow_.state_dict()), 0
-        self.valid_nll_ = []
+        self.valid_nll_, self.checkpoints_ = [], {}
+        pending = sorted(self.checkpoints)
         start, self.stopped_by_ = time.process_time(), "max_epochs"
         for _ in range(self.max_epochs):
             self.flow_.train()
@@ -112,6 +121,9 @@ class ZukoDensity(DensityMixin, BaseEstimator):
                 optimizer.step()
             nll = -self._log_prob(Z_valid).mean()
             self.valid_nll_.append(nll)
+            wall = time.perf_counter() - self._wall_start
+            while pending and pending[0] < wall:  # this epoch ended past the checkpoint: the state before
+                self.checkpoints_[pending.pop(0)] = best_state
             if nll < best:
                 best, best_state, stale = nll, copy.deepcopy(self.flow_.state_dict()), 0
             else:
@@ -122,8 +134,15 @@ class ZukoDensity(DensityMixin, BaseEstimator):
             if time.process_time() - start > self.max_seconds:
                 self.stopped_by_ = "max_seconds"
                 break
+        for seconds in pending:  # training ended before them
+            self.checkpoints_[seconds] = best_state
         self.flow_.load_state_dict(best_state)
         self.n_iter_ = len(self.valid_nll_)
+
+    def use_checkpoint(self, seconds: float) -> ZukoDensity:
+        """Load the best weights validated by ``seconds`` (one of ``checkpoints``)."""
+        self.flow_.load_state_dict(self.checkpoints_[seconds])
+        return self
 
     def _log_prob(self, Z: torch.Tensor) -> np.ndarray:
         """Log-density of standardized rows, in batches, without gradients."""

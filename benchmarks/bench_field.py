@@ -39,7 +39,7 @@ Methods (``--methods``):
     fits on 80 % of the training rows and one refit on all of them.
 
 Every grid search ranks candidates by held-out mean log-likelihood. ``--quick`` shrinks everything
-(600 rows per dataset, tiny grids, 2 epochs) to smoke-test the pipeline; its figures mean nothing.
+(600 rows per dataset, tiny grids, 2 epochs or 20 steps) to smoke-test the pipeline; its figures mean nothing.
 
 Run from the repository root, one thread::
 
@@ -129,7 +129,7 @@ def build(method: str, X_train: np.ndarray, settings: Settings):
         return ZukoDensity(method, random_state=seed, max_seconds=settings.zuko_seconds, **epochs)
     otflow = OTFlowDensity(random_state=seed).set_params(**settings.otflow_params)
     if quick:
-        otflow.set_params(max_epochs=2)
+        otflow.set_params(max_iter=20)
     if method == "otflow":
         return otflow
     if method == "otflow-alpha":
@@ -146,10 +146,10 @@ def describe(estimator) -> str:
         inner = describe(estimator.best_estimator_)
         return f"{chosen} ({inner})" if inner else chosen
     if isinstance(estimator, OTFlowDensity):
-        stopped = "early stop" if estimator.n_iter_ < estimator.max_epochs else "all epochs"
-        text = f"{estimator.n_iter_} epochs, {stopped}"
+        text = f"{estimator.n_iter_} steps, stopped by {estimator.stopped_by_}"
         if estimator.early_stopping:
-            text += f", best epoch {int(np.argmin(estimator.history_[:, 'valid_nll'])) + 1}"
+            best = int(np.argmin(estimator.history_[:, "valid_nll"]))
+            text += f", best at step {estimator.history_[best, 'iter']}"
         if estimator.n_steps_ != estimator.n_steps:
             text += f", training steps {estimator.n_steps} -> {estimator.n_steps_}"
         return text + f", integration error {estimator.integration_error_:.3g}"
@@ -348,7 +348,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         nargs="+",
         default=[],
         metavar="NAME=VALUE",
-        help="override OTFlowDensity's defaults in otflow and otflow-alpha, e.g. max_epochs=300 alpha=1000",
+        help="override OTFlowDensity's defaults in otflow and otflow-alpha, e.g. max_iter=4000 alpha=1000",
     )
     parser.add_argument("--out", type=Path, help="write results: .json, .csv, or markdown (any other suffix)")
     parser.add_argument("--from-json", nargs="+", type=Path, help="only merge saved .json runs into a table")

@@ -36,7 +36,7 @@ def main() -> None:
 
     baseline = peak_rss_mb()  # the interpreter with torch, scikit-learn and skorch imported
     rng = np.random.default_rng(0)
-    est = OTFlowDensity(max_epochs=2, random_state=0).fit(rng.normal(size=(2000, args.features)))
+    est = OTFlowDensity(max_iter=20, random_state=0).fit(rng.normal(size=(2000, args.features)))
     X = rng.normal(size=(args.rows, args.features))
     before = peak_rss_mb()
     start = time.perf_counter()

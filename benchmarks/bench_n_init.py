@@ -1,12 +1,13 @@
 r"""How much keeping the best of several initializations (``n_init``) gains, dataset by dataset.
 
-``OTFlowDensity(n_init=n)`` trains each of ``n`` initializations for the first ``k`` epochs of its fit
+``OTFlowDensity(n_init=n)`` trains each of ``n`` initializations for the first 1/25 of its budget
 and then runs the whole fit of the one with the lowest validation NLL after them. Because a trial is the
 beginning of the fit its seed would give, the outcome of ``n_init=n`` for any ``n`` and ``k`` can be read
 off complete fits of each candidate: this script runs them, one complete default fit per candidate seed
 (``random_state=seed``, candidate ``i`` the ``i``-th seed that ``n_init`` draws, all with the validation
-split of the first), and records every epoch's validation NLL and the held-out score. ``--report`` then
-gives, for each trial length ``k``, the mean held-out score of the kept fit over every subset of ``n``
+split of the first), and records every round's validation NLL and the held-out score. ``--report`` then
+gives, for each trial length of ``k`` rounds (of 100 steps), the mean held-out score of the kept fit
+over every subset of ``n``
 candidates (the seeds ``n_init`` would draw are one such subset, in order: ``--report`` also prints it).
 
 Run from the repository root, one thread per process::
@@ -51,7 +52,7 @@ def fit_candidate(name: str, seed: int, candidate: int, n_candidates: int) -> di
         "candidate": candidate,
         "valid_nll": [float(v) for v in est.history_[:, "valid_nll"]],
         "held_out": float(est.score(X_test)),
-        "epochs": len(est.history_),
+        "rounds": len(est.history_),
         "n_steps_": est.n_steps_,
         "cpu_seconds": seconds,
     }

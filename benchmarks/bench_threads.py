@@ -1,6 +1,6 @@
 """GridSearchCV over OTFlowDensity with ``n_jobs=1`` and ``n_jobs=2``: is parallel search ever slower?
 
-Runs the same small search (make_moons, 2,000 rows, alpha in {10, 30, 100}, 3-fold, 15 epochs) with
+Runs the same small search (make_moons, 2,000 rows, alpha in {10, 30, 100}, 3-fold, 300 steps) with
 ``n_jobs=1`` (one process, torch's default threads), ``n_jobs=2`` on joblib's default loky backend (two
 worker processes, which joblib starts with ``OMP_NUM_THREADS`` set to their share of the cores), and
 ``n_jobs=2`` on the threading backend (two threads of one process, where each fit scopes torch's threads to
@@ -27,7 +27,7 @@ from sklearn_otflow import OTFlowDensity
 def search(n_jobs: int, backend: str) -> tuple[float, np.ndarray]:
     X, _ = make_moons(2000, noise=0.05, random_state=0)
     grid = GridSearchCV(
-        OTFlowDensity(max_epochs=15, random_state=0),
+        OTFlowDensity(max_iter=300, random_state=0),
         {"alpha": [10.0, 30.0, 100.0]},
         cv=KFold(3, shuffle=True, random_state=0),
         n_jobs=n_jobs,

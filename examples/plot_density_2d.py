@@ -53,7 +53,7 @@ models = {
 }
 print(f"KernelDensity bandwidth: {kde.best_params_['bandwidth']:.3f}")
 print(f"GaussianMixture components: {gmm.best_params_['n_components']}")
-print(f"OTFlowDensity epochs: {flow.n_iter_}")
+print(f"OTFlowDensity optimizer steps: {flow.n_iter_}")
 print(f"RK4 integration error: {flow.integration_error_:.1e} nats")
 
 # %%

@@ -51,10 +51,10 @@ print(f"KernelDensity: bandwidth {kde_search.best_params_['bandwidth']:.2f}")
 
 # %%
 # For OT-Flow the grid is over α, the weight of the likelihood against the transport cost. To keep this
-# page quick to build, training is short: 4 RK4 steps, at most 15 epochs, with a larger learning rate
+# page quick to build, training is short: 4 RK4 steps, 300 optimizer steps, with a larger learning rate
 # than the default. ``integration_error_`` checks afterwards that 4 steps resolve the fitted flow.
 flow_search = GridSearchCV(
-    OTFlowDensity(n_steps=4, max_epochs=15, learning_rate=0.1, random_state=0),
+    OTFlowDensity(n_steps=4, max_iter=300, learning_rate=0.1, random_state=0),
     {"alpha": [100.0, 1000.0, 10000.0]},
     cv=cv,
 ).fit(data)

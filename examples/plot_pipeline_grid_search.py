@@ -33,13 +33,13 @@ print(
 
 # %%
 # The scaler does the standardization, so the flow's own is switched off. With so few samples,
-# early stopping would hold out too few of them to be reliable: training runs a fixed number of epochs.
+# early stopping would hold out too few of them to be reliable: training runs a fixed number of steps.
 pipe = make_pipeline(
     StandardScaler(),
     OTFlowDensity(
         standardize=False,
         early_stopping=False,
-        max_epochs=30,
+        max_iter=120,
         n_steps=4,
         random_state=0,
     ),

@@ -104,6 +104,7 @@ _MAX_VALID_ROWS = 2000
 # A trial of n_init runs the first 1 / _TRIAL_SHARE of its fit's budget.
 _TRIAL_SHARE = 25
 
+
 class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, BaseEstimator):
     r"""Density estimation with OT-Flow, a continuous normalizing flow regularized by optimal transport.
 
@@ -181,8 +182,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         step costs about the same for 128 or 256 rows at a few features, so 256 rows buy more data per
         second.
     learning_rate : float, default=0.02
-        Adam's initial learning rate, decayed by a cosine schedule over the budget (``max_iter`` or
-        ``max_time``, whichever runs out first).
+        Adam's learning rate: constant for the first 60 % of the budget (``max_iter`` or ``max_time``,
+        whichever runs out first), then falling linearly to 0 at its end.
     weight_decay : float or "auto", default="auto"
         Decoupled weight decay (:class:`torch.optim.AdamW`): each optimiser step first scales the
         residual network's weight matrices (:math:`K_0`, :math:`K_i` and :math:`w`) by
@@ -201,11 +202,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Decay :math:`\beta` of the exponential moving average of the weights,
         :math:`\bar\theta \leftarrow \beta\bar\theta + (1-\beta)\theta` after every optimiser step.
         Validation, early stopping and the fitted model use the average; training updates the raw
-        weights. ``0`` turns averaging off. It matters where early stopping ends a fit while the
-        learning rate is still high: on the 1,797 digits (width 64) the held-out score rose from -45.61
-        to -45.21, and the validation curve became smooth. Where the whole budget runs, the cosine
-        schedule has annealed the rate and both end alike (make_moons -0.317 against -0.318,
-        8gaussians -2.856 against -2.856).
+        weights. ``0`` turns averaging off. It matters where training stops while the learning rate
+        is still high (early stopping, or the schedule's constant phase): the validation curve becomes
+        smooth and early stopping picks a better round (see the benchmarks page).
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data (at most 2,000 rows), score it after every 100
         optimizer steps, stop when its negative log-likelihood has not improved for
@@ -215,7 +214,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         mistaken for a better one (unless it exploits these steps too: see ``n_steps_eval``).
     validation_fraction : float, default=0.1
         Fraction of the training data held out for early stopping, at most 2,000 rows.
-    n_iter_no_change : int, default=500
+    n_iter_no_change : int, default=1000
         Patience of early stopping, in optimizer steps (rounded up to the validation interval of 100
         steps). While the learning rate is high the validation likelihood is noisy from round to
         round; shorter patiences stop fits that are still improving.
@@ -232,8 +231,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     warm_start : bool, default=False
         Start ``fit`` from the previous fit's weights and standardization, with the current
         parameters: a new optimiser, learning-rate schedule, weight average and early stopping, for a
-        new budget of ``max_iter`` steps (and ``max_time``). The architecture (``hidden_width``, ``n_layers``, ``rank``) must be
-        unchanged.
+        new budget of ``max_iter`` steps (and ``max_time``). The architecture (``hidden_width``,
+        ``n_layers``, ``rank``) must be unchanged.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, minibatch order and the validation split. An int gives
         bit-identical fits on the CPU; the global torch random state is left untouched.
@@ -350,7 +349,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         ema_decay=0.995,
         early_stopping=True,
         validation_fraction=0.1,
-        n_iter_no_change=500,
+        n_iter_no_change=1000,
         standardize=True,
         dtype="float32",
         trace_precision="auto",
@@ -425,9 +424,10 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         same way. Each call is one pass over ``X`` in mini-batches of ``batch_size`` at the constant
         ``learning_rate``, with no validation split, early stopping, learning-rate schedule or weight
         averaging: the caller decides when the stream ends (``max_iter``, ``max_time``,
-        ``early_stopping`` and ``ema_decay`` are not used). ``weight_decay`` applies as in :meth:`fit`. ``learning_rate``,
-        ``weight_decay``, ``batch_size``, ``alpha`` and ``alpha_hjb`` are read at every call, so a
-        stream can lower its learning rate as it goes; the optimiser's state carries over.
+        ``early_stopping`` and ``ema_decay`` are not used). ``weight_decay`` applies as in
+        :meth:`fit`. ``learning_rate``, ``weight_decay``, ``batch_size``, ``alpha`` and ``alpha_hjb``
+        are read at every call, so a stream can lower its learning rate as it goes; the optimiser's
+        state carries over.
 
         Parameters
         ----------
@@ -626,16 +626,16 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         # net itself is left as it is, see _kept_on_failure) and at least the steps they ended with
         start = self.net_.module_.potential if warm else None
         steps = max(self.n_steps, getattr(self, "n_steps_", 0)) if warm else self.n_steps
-        seed = self._pick_initialization(X, seeds) if len(seeds) > 1 else seeds[0]
-        left = None if self.max_time is None else self.max_time - (time.perf_counter() - started)
-        net = self._build_net(seed, len(X), n_steps=steps, split_seed=seeds[0], max_time=left)
+        deadline = None if self.max_time is None else started + self.max_time
+        seed = self._pick_initialization(X, seeds, deadline) if len(seeds) > 1 else seeds[0]
+        net = self._build_net(seed, len(X), n_steps=steps, split_seed=seeds[0], deadline=deadline)
         self._train(net, X, seed, initialize=True, start=start)
         self.fit_time_ = time.perf_counter() - started
         if self.verbose:
             print(self._summary(), flush=True)
         return self
 
-    def _pick_initialization(self, X: np.ndarray, seeds: list[int]) -> int:
+    def _pick_initialization(self, X: np.ndarray, seeds: list[int], deadline: float | None = None) -> int:
         """The seed, of ``seeds``, whose trial (the first 1/25 of its fit) ends with the lowest NLL.
 
         Each trial is the beginning of the fit that its seed would give (the same schedule, batches and
@@ -645,7 +645,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         """
         scores = []
         for i, seed in enumerate(seeds):
-            net = self._build_net(seed, len(X), split_seed=seeds[0], trial=True)
+            net = self._build_net(seed, len(X), split_seed=seeds[0], deadline=deadline, trial=True)
             try:
                 self._run_net(net, X, seed, initialize=True)
                 key = "valid_nll" if "valid_nll" in net.history[-1] else "train_nll"
@@ -869,13 +869,13 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         streaming: bool = False,
         n_steps: int | None = None,
         split_seed: int | None = None,
-        max_time: float | None = None,
+        deadline: float | None = None,
         trial: bool = False,
     ) -> OTFlowNet:
         """skorch net for ``fit``, training with ``n_steps`` (default: the parameter) to start with, its
         minibatch order seeded by ``seed`` and its validation split by ``split_seed`` (default: ``seed``),
-        for a budget of ``max_iter`` steps and ``max_time`` seconds (default: the parameter); a ``trial``
-        (``n_init``) stops after 1/25 of it, silently. With ``streaming`` (``partial_fit``), one
+        for a budget of ``max_iter`` steps and until the ``deadline`` (a ``time.perf_counter()``); a
+        ``trial`` (``n_init``) stops after 1/25 of it, silently. With ``streaming`` (``partial_fit``), one
         without budget, validation split, early stopping, learning-rate schedule, weight averaging or
         step refinement, a pass over the rows per call, since the stream's length is unknown (an
         average restarted at each call would hold every chunk back to its starting weights)."""
@@ -899,8 +899,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         ]
         budget, callbacks = None, []
         if not streaming:  # first: it ends training before any callback begins a round that won't run
-            max_time = self.max_time if max_time is None else max_time
-            budget = Budget(self.max_iter, max_time, stop_at=1 / _TRIAL_SHARE if trial else 1.0)
+            budget = Budget(self.max_iter, deadline, stop_at=1 / _TRIAL_SHARE if trial else 1.0)
             callbacks.append(("budget", budget))
         callbacks += [(score.name, score) for score in scores]
         if not streaming:

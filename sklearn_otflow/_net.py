@@ -402,21 +402,30 @@ class BatchStream:
             yield self.dataset[self._next_rows()]
 
 
-def _cosine(progress: float) -> float:
-    """The learning rate's factor at ``progress`` in [0, 1] of the budget: :math:`\\tfrac12(1 + \\cos\\pi p)`."""
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+# The learning rate is constant for the first 1 - _DECAY_SHARE of the budget, then falls linearly to 0.
+_DECAY_SHARE = 0.4
+
+
+def lr_factor(progress: float) -> float:
+    r"""The learning rate's factor at ``progress`` in [0, 1] of the budget: :math:`\min(1, (1 - p) / 0.4)`.
+
+    >>> [round(lr_factor(p), 6) for p in (0.0, 0.6, 0.8, 1.0)]
+    [1.0, 1.0, 0.5, 0.0]
+    """
+    return min(1.0, max(0.0, 1.0 - progress) / _DECAY_SHARE)
 
 
 class Budget(Callback):
     r"""Training's length in optimizer steps and seconds, and the learning rate that follows it.
 
-    After :math:`k` of ``max_iter`` steps and :math:`t` of ``max_time`` seconds, the progress is
-    :math:`p = \max(k / K, t / T)`, and the next step's learning rate is
-    :math:`\eta\,\tfrac12(1 + \cos\pi p)` (with ``schedule``): the schedule anneals over whichever
-    budget runs out first. Training takes no further minibatch once :math:`p` reaches ``stop_at``, or
-    would reach it before the next minibatch and the validation that ends its round are done (both
-    estimated from the last ones measured); that round is validated and ends as usual, and training
-    stops where the next round would begin (:class:`StopTraining`, before any other callback sees the
+    After :math:`k` of ``max_iter`` steps, at time :math:`t` of a run that began at :math:`t_0` and must
+    end by the ``deadline`` :math:`T`, the progress is :math:`p = \max(k / K, (t - t_0) / (T - t_0))`,
+    and the next step's learning rate is :math:`\eta\,\min(1, (1 - p) / 0.4)` (with ``schedule``):
+    constant for the first 60 % of whichever budget runs out first, then falling linearly to 0.
+    Training takes no further minibatch once :math:`p` reaches ``stop_at``, or would reach it before
+    the next minibatch and the validation that ends its round are done (both estimated from the last
+    ones measured); that round is validated and ends as usual, and training stops where the next round
+    would begin (:class:`StopTraining`, before any other callback sees the
     new round: the budget must be the first callback). The history's ``lr`` column is each round's
     first learning rate.
 
@@ -424,19 +433,20 @@ class Budget(Callback):
     ----------
     max_iter : int
         Optimizer steps of the budget.
-    max_time : float or None, default=None
-        Seconds of the budget, from the start of training.
+    deadline : float or None, default=None
+        ``time.perf_counter()`` by which training must end (the caller's clock starts before the net is
+        built: a fit's own preparation counts in its budget).
     stop_at : float, default=1.0
         The share of the budget after which training stops (less than 1 for a trial of the beginning
         of a fit).
     schedule : bool, default=True
-        Anneal the learning rate; else keep the optimiser's.
+        Set the learning rate by the progress; else keep the optimiser's.
     """
 
     def __init__(
-        self, max_iter: int, max_time: float | None = None, stop_at: float = 1.0, schedule: bool = True
+        self, max_iter: int, deadline: float | None = None, stop_at: float = 1.0, schedule: bool = True
     ) -> None:
-        self.max_iter, self.max_time, self.stop_at, self.schedule = max_iter, max_time, stop_at, schedule
+        self.max_iter, self.deadline, self.stop_at, self.schedule = max_iter, deadline, stop_at, schedule
 
     def initialize(self):
         self.iter_, self.start_, self.stopped_by_, self.lr_ = 0, None, None, None
@@ -451,8 +461,9 @@ class Budget(Callback):
     def _share(self, ahead: float = 0.0) -> float:
         """The share of the budget used, ``ahead`` seconds from now."""
         share = self.iter_ / self.max_iter
-        if self.max_time is not None and self.start_ is not None:
-            share = max(share, (time.perf_counter() + ahead - self.start_) / self.max_time)
+        if self.deadline is not None and self.start_ is not None:
+            span = max(self.deadline - self.start_, 1e-9)
+            share = max(share, (time.perf_counter() + ahead - self.start_) / span)
         return share
 
     @property
@@ -466,7 +477,7 @@ class Budget(Callback):
             ahead = 0.0 if self.batch_time_ is None else self.batch_time_ + self._validation_time()
             if self.iter_ >= self.stop_at * self.max_iter:
                 self.stopped_by_ = "max_iter"
-            elif self.max_time is not None and self._share(ahead) >= self.stop_at:
+            elif self.deadline is not None and self._share(ahead) >= self.stop_at:
                 self.stopped_by_ = "max_time"
         return self.stopped_by_ is not None
 
@@ -485,7 +496,7 @@ class Budget(Callback):
 
     def on_batch_begin(self, net, training=False, **kwargs):
         if training and self.schedule:
-            self.lr_ = net.lr * _cosine(self.progress)
+            self.lr_ = net.lr * lr_factor(self.progress)
             for group in net.optimizer_.param_groups:
                 group["lr"] = self.lr_
             if "lr" not in net.history[-1]:  # the round's first

@@ -1,7 +1,13 @@
-"""Shared test options: ``--device`` runs the torch-level suite on another device (e.g. ``cuda``)."""
+"""Shared test options: ``--device`` runs the torch-level suite on another device (e.g. ``cuda``).
+
+The suite runs torch on one thread: its models are tiny (a second thread only adds waiting), and on a
+shared machine several threads per process oversubscribe the cores.
+"""
 
 import pytest
 import torch
+
+torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):

@@ -53,17 +53,20 @@ def test_the_budget_is_steps_whatever_the_number_of_rows():
     runs = {}
     for n in (1_000, 30_000):
         tick = _Tick(_Clock(), 0.0, 0.0)
-        est = OTFlowDensity(max_iter=250, batch_size=64, callbacks=[tick], **TINY).fit(rng.normal(size=(n, 2)))
+        est = OTFlowDensity(max_iter=250, batch_size=64, callbacks=[tick], **TINY).fit(
+            rng.normal(size=(n, 2))
+        )
         runs[n] = est, tick
-    for n, (est, tick) in runs.items():
+    for est, _ in runs.values():
         assert est.n_iter_ == 250 and est.stopped_by_ == "max_iter"
         assert list(est.history_[:, "iter"]) == [100, 200, 250]
         assert list(est.history_[:, "train_batch_count"]) == [100, 100, 50]
     assert runs[1_000][1].valid_rows == [100] * 3  # validation_fraction of the rows
     assert runs[30_000][1].valid_rows == [2_000] * 3  # at most 2,000
-    # the cosine schedule over the steps: a factor 1/2 (1 + cos(pi k / 250)) at step k
+    # the schedule over the steps: constant for 60 % of them, then a linear fall to 0
     lrs = np.array(runs[1_000][1].lrs)
-    np.testing.assert_allclose(lrs, 0.02 * 0.5 * (1 + np.cos(np.pi * np.arange(250) / 250)), rtol=1e-12)
+    np.testing.assert_allclose(lrs, 0.02 * np.minimum(1, (1 - np.arange(250) / 250) / 0.4), rtol=1e-12)
+    assert lrs[150] == 0.02 and lrs[151] < 0.02
 
 
 def test_max_time_ends_training_by_the_deadline_and_anneals_by_the_clock(monkeypatch):
@@ -81,10 +84,10 @@ def test_max_time_ends_training_by_the_deadline_and_anneals_by_the_clock(monkeyp
     assert tick.ends[-1] - start > 30.0 - 0.1 - 0.25 - 1e-9  # and no step was left unused
     assert est.n_iter_ == len(tick.lrs) == sum(est.history_[:, "train_batch_count"])
     assert 270 <= est.n_iter_ < 300  # 30 s of 0.1 s steps, less the validations
-    # the schedule follows the clock: a factor 1/2 (1 + cos(pi t / 30)) at time t of a step's start
+    # the schedule follows the clock: a factor min(1, (1 - t / 30) / 0.4) at time t of a step's start
     times = np.cumsum([0.0] + [0.1] * (len(tick.lrs) - 1))
     times += 0.25 * (np.arange(len(tick.lrs)) // 100)  # the validations so far
-    np.testing.assert_allclose(tick.lrs, 0.02 * 0.5 * (1 + np.cos(np.pi * times / 30.0)), rtol=1e-9)
+    np.testing.assert_allclose(tick.lrs, 0.02 * np.minimum(1, (1 - times / 30.0) / 0.4), rtol=1e-9)
     best = int(np.argmin(est.history_[:, "valid_nll"]))
     assert est.history_[best, "valid_nll_best"]
 
@@ -122,7 +125,7 @@ def test_a_trial_of_n_init_runs_the_first_25th_of_the_budget(monkeypatch):
     tick = Run(clock, step=0.1, valid=0.0)
     OTFlowDensity(max_iter=10_000, max_time=50.0, n_init=2, callbacks=[tick], **TINY).fit(X)
     assert len(runs) == 3
-    for began, steps in runs[:2]:  # the trials: at most 2 s of the 50 each
+    for _, steps in runs[:2]:  # the trials: at most 2 s of the 50 each
         assert 15 <= steps <= 20
     assert runs[2][1] > 400 and tick.ends[-1] - start <= 50.0
 

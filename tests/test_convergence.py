@@ -25,7 +25,7 @@ def config(**kwargs) -> OTFlowDensity:
         hidden_width=16,
         n_layers=1,  # Gaussian data: the quadratic part carries the map; a second layer only costs time
         n_steps=8,
-        max_iter=400,  # full batches: a step per pass
+        max_iter=300,  # full batches: a step per pass
         batch_size=1024,
         learning_rate=0.05,
         early_stopping=False,

@@ -1,5 +1,6 @@
 """Scale: streaming fits (partial_fit), evaluation memory bounded by a batch, threads, Dask."""
 
+import io
 import pickle
 import threading
 import tracemalloc
@@ -82,7 +83,7 @@ def test_partial_fit_continues_a_fitted_model(gaussian_split):
     assert est.net_.train_split is None
     names = dict(est.net_.callbacks_)
     assert not {"budget", "progress", "early_stopping", "weight_averaging", "step_refinement"} & set(names)
-    # the fit's cosine schedule had annealed the rate to 0: the stream trains at learning_rate again
+    # the fit's schedule had annealed the rate to 0: the stream trains at learning_rate again
     assert est.net_.optimizer_.param_groups[0]["lr"] == SMALL["learning_rate"]
     assert not np.allclose(est.score_samples(X_test), before)
 
@@ -217,6 +218,56 @@ def test_grid_search_on_a_dask_cluster_equals_the_local_one(gaussian_split):
     )
     assert on_dask.best_params_ == local.best_params_
     np.testing.assert_allclose(on_dask.score(X[600:]), local.score(X[600:]), rtol=1e-6)
+
+
+def test_evaluation_takes_no_more_threads_than_the_free_cpus(streamed, monkeypatch):
+    """Beside a busy process (one CPU free) scoring runs on one thread; on a free machine, on torch's
+    threads; and as the machine's load changes during a call, the count follows it, batch by batch."""
+    import sklearn_otflow._threads as threads_module
+
+    seen, free = [], iter([2, 1, 2])
+    original = estimator_module.flow
+
+    def spy(potential, x, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(potential, x, *args, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "flow", spy)
+    monkeypatch.setattr(threads_module, "free_cpus", lambda: next(free))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        streamed.score_samples(np.zeros((2 * _eval_rows(streamed.hidden_width), 2)))
+        assert seen == [1, 2]  # checked at the call's start (2 free), then before each batch
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_free_cpus_counts_other_processes_runnable_tasks(monkeypatch):
+    """CPUs this process may use less the runnable tasks of other processes (/proc/loadavg counts the
+    whole machine's, this process's own included)."""
+    import sklearn_otflow._threads as threads_module
+
+    if not hasattr(threads_module.os, "sched_getaffinity"):
+        pytest.skip("Linux only")
+    monkeypatch.setattr(threads_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(threads_module.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(threads_module, "_own_running", lambda: 1)
+    loadavg = {"text": ""}
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/loadavg":
+            return io.StringIO(loadavg["text"])
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    for runnable, free in [(1, 4), (2, 3), (4, 1), (9, 1)]:
+        loadavg["text"] = f"0.50 0.40 0.30 {runnable}/345 12345\n"
+        assert threads_module.free_cpus() == free
+    loadavg["text"] = "unreadable"
+    assert threads_module.free_cpus() == 4
 
 
 def test_small_training_runs_on_one_thread_and_restores_the_count():
