@@ -22,7 +22,7 @@ from sklearn.model_selection import ShuffleSplit
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from skorch.callbacks import EarlyStopping, GradientNormClipping, PassthroughScoring
+from skorch.callbacks import GradientNormClipping, PassthroughScoring
 from skorch.dataset import ValidSplit
 
 from ._dynamics import flow
@@ -30,6 +30,7 @@ from ._loss import negative_log_likelihood
 from ._net import (
     BatchStream,
     Budget,
+    EarlyStoppingWithCooldown,
     FiniteGuard,
     FlowModule,
     OTFlowLoss,
@@ -207,8 +208,10 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         smooth and early stopping picks a better round (see the benchmarks page).
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data (at most 2,000 rows), score it after every 100
-        optimizer steps, stop when its negative log-likelihood has not improved for
-        ``n_iter_no_change`` steps, and keep the best weights. The held-out likelihood
+        optimizer steps, and keep the best weights. Where its negative log-likelihood has not improved
+        for ``n_iter_no_change`` steps while the learning rate is still constant, the rate's fall
+        begins (the budget shrinks to end as far after this point as its fall takes); where it stalls
+        again, training stops. The held-out likelihood
         is computed as ``score`` computes it (``n_steps_eval`` or twice the training steps, exact
         trace), so a flow that learns to exploit the training steps' discretization error is not
         mistaken for a better one (unless it exploits these steps too: see ``n_steps_eval``).
@@ -264,8 +267,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Number of optimizer steps run by the last ``fit`` (also with ``warm_start``), plus those of the
         ``partial_fit`` calls since.
     stopped_by_ : str
-        Why the last ``fit`` ended: ``"max_iter"``, ``"max_time"``, ``"early stopping"`` or
-        ``"divergence"``.
+        Why the last training call ended: ``"max_iter"``, ``"max_time"``, ``"early stopping"`` or
+        ``"divergence"`` (``fit``), ``"pass"`` (``partial_fit``: one pass over its chunk).
     fit_time_ : float
         Seconds of the last ``fit`` (training and the final check of the integration error).
     n_steps_ : int
@@ -913,7 +916,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             ("finite_guard", FiniteGuard()),
         ]
         if validate:
-            stop = EarlyStopping(
+            stop = EarlyStoppingWithCooldown(
+                budget,
                 monitor="valid_nll",
                 patience=math.ceil(self.n_iter_no_change / _VALIDATION_INTERVAL),
                 threshold=0.0,
@@ -1050,7 +1054,9 @@ def _stop_reason(net: OTFlowNet) -> str:
     if stop is not None and stop.misses_ >= stop.patience:
         return "early stopping"
     budget = callbacks.get("budget")
-    return budget.stopped_by_ if budget is not None and budget.stopped_by_ else "max_iter"
+    if budget is None:  # partial_fit: one pass over its chunk
+        return "pass"
+    return budget.stopped_by_ or "max_iter"
 
 
 def _load_weights(new: Potential, old: Potential) -> None:

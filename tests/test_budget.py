@@ -174,3 +174,27 @@ def test_the_interval_of_validation_is_the_estimators(monkeypatch):
     X = np.random.default_rng(0).normal(size=(300, 2))
     est = OTFlowDensity(max_iter=20, **TINY).fit(X)
     assert list(est.history_[:, "iter"]) == [7, 14, 20]
+
+
+def test_a_stall_before_the_fall_brings_the_fall_forward():
+    """A validation score that stops improving while the learning rate is still constant ends the
+    constant phase: the budget shrinks so that its fall begins there; a second stall stops training."""
+    budget = net_module.Budget(1_000)
+    budget.on_train_begin(None)
+    budget.iter_ = 300
+    assert budget.progress == pytest.approx(0.3) and net_module.lr_factor(budget.progress) == 1.0
+    assert budget.cool_down()
+    assert budget.progress == pytest.approx(0.6)  # the fall begins now
+    budget.iter_ = 400
+    assert net_module.lr_factor(budget.progress) == pytest.approx(0.5)
+    assert not budget.cool_down()  # already falling
+    assert not budget.exhausted()
+    budget.iter_ = 500
+    assert budget.exhausted() and budget.stopped_by_ == "early stopping"
+
+    X = np.random.default_rng(0).normal(size=(500, 2))
+    # a rate so small that the validation score never moves after the first round: two rounds without
+    # improvement (300 steps, 15 % of the budget) begin the fall, which ends at 300 / 0.6 = 500 steps
+    est = OTFlowDensity(max_iter=2_000, learning_rate=1e-12, n_iter_no_change=200, **TINY).fit(X)
+    assert est.stopped_by_ == "early stopping" and est.n_iter_ == 500
+    assert est.history_[:, "lr"] == pytest.approx([1e-12] * 4 + [0.5e-12])

@@ -80,6 +80,7 @@ def test_partial_fit_continues_a_fitted_model(gaussian_split):
     before = est.score_samples(X_test)
     est.partial_fit(X[:500])
     assert est.n_iter_ == 33 + 4 and est.history_[-1, "iter"] == 37  # a pass over 500 rows: 4 steps
+    assert est.stopped_by_ == "pass"
     assert est.net_.train_split is None
     names = dict(est.net_.callbacks_)
     assert not {"budget", "progress", "early_stopping", "weight_averaging", "step_refinement"} & set(names)
