@@ -8,9 +8,10 @@ For each dataset (``bench_field.py``'s generators and 80/20 split, ``random_stat
     (``OTFlowDensity(random_state=seed)``, no time limit) with its own time.
 ``nsf``, ``maf``
     zuko's flows (``benchmarks/_zuko_density.py``: 5 transformations, hidden layers (128, 128), Adam 1e-3,
-    batches of 256, early stopping on 10 % of the training rows, patience 20 epochs) trained once for the
-    largest budget; the best validated weights at each smaller budget are kept as the run passes it
-    (with a constant learning rate, what a run given that budget would return), and scored.
+    batches of 256, validation on 10 % of the training rows after each epoch) trained once for the
+    largest budget, without early stopping (``--zuko-patience`` sets one, in epochs); the best validated
+    weights at each smaller budget are kept as the run passes it (with a constant learning rate, what a
+    run given that budget would return), and scored.
 
 Each fit runs in a process of its own with one thread (``OMP_NUM_THREADS=1``); ``--jobs 2`` runs two
 such processes at a time (on a 2-core machine each then has a core, and the timings are those of a
@@ -98,6 +99,7 @@ def run_fit(spec: dict) -> list[dict]:
     est = ZukoDensity(
         spec["method"],
         max_epochs=100_000,
+        n_iter_no_change=spec.get("patience") or 100_000,
         max_seconds=budgets[-1],
         checkpoints=budgets,
         random_state=spec["seed"],
@@ -127,7 +129,7 @@ def _in_subprocess(spec: dict) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def specs(datasets, budgets, methods, seed) -> list[dict]:
+def specs(datasets, budgets, methods, seed, patience=None) -> list[dict]:
     """The fits to run, the longest first (so that two jobs finish together)."""
     todo = []
     for name in datasets:
@@ -136,7 +138,9 @@ def specs(datasets, budgets, methods, seed) -> list[dict]:
                 todo += [dict(dataset=name, method=method, seed=seed, budget=b) for b in budgets]
                 todo.append(dict(dataset=name, method=method, seed=seed, budget=None))
             else:
-                todo.append(dict(dataset=name, method=method, seed=seed, budgets=list(budgets)))
+                todo.append(
+                    dict(dataset=name, method=method, seed=seed, budgets=list(budgets), patience=patience)
+                )
     return sorted(todo, key=lambda s: -(s.get("budget") or max(budgets)))
 
 
@@ -211,6 +215,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=["otflow", "nsf", "maf"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--zuko-patience", type=int, help="early stopping for NSF and MAF, in epochs")
     parser.add_argument("--out", help="JSON lines, appended as fits finish")
     parser.add_argument("--report", nargs="+", help="JSON-lines files to tabulate (no fits)")
     parser.add_argument("--plot", help="with --report: the figure's path")
@@ -226,7 +231,7 @@ def main(argv=None) -> None:
         if args.plot:
             plot(records, args.plot)
         return
-    todo = specs(args.datasets, args.budgets, args.methods, args.seed)
+    todo = specs(args.datasets, args.budgets, args.methods, args.seed, args.zuko_patience)
     with ThreadPoolExecutor(args.jobs) as pool:
         for rows in pool.map(_in_subprocess, todo):
             for row in rows:

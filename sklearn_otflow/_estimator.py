@@ -30,7 +30,7 @@ from ._loss import negative_log_likelihood
 from ._net import (
     BatchStream,
     Budget,
-    EarlyStoppingWithCooldown,
+    EarlyStoppingInTheFall,
     FiniteGuard,
     FlowModule,
     OTFlowLoss,
@@ -127,11 +127,10 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Weight of the HJB residual penalty.
     hidden_width : int or "auto", default="auto"
         Width :math:`m` of the residual network. ``"auto"`` is 32 for one or two features and 64 above.
-        At two features a step is bound by the number of tensor operations, so width 64 costs 1.6 times
-        the time and buys fewer epochs in a given time (make_moons, where the default fit is limited by
-        its iterations). On the 15-dimensional digits, 64 scored -45.21 against -45.99 with 32; on two
-        10-dimensional mixtures it gained 0.03 and 0.00 nats. The OT-Flow paper used 128 to 512 on
-        6 to 63 features: give a larger width for data with many features.
+        At two features a step is bound by the number of tensor operations, so a wider network costs
+        time that the fit needs for steps; above, the extra capacity pays (see the benchmarks page). The
+        OT-Flow paper used 128 to 512 on 6 to 63 features: give a larger width for data with many
+        features.
     n_layers : int or "auto", default="auto"
         Number of residual layers. ``"auto"`` is 2 for one or two features and 1 above. On the three
         two-feature benchmark sets (make_moons, 8 Gaussians and the checkerboard, three seeds each) a
@@ -142,7 +141,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     rank : int, default=10
         Rank of the quadratic part (capped at ``n_features + 1``).
     n_steps : int, default=8
-        RK4 steps used in training, to start with. After each epoch of ``fit``, up to 128 training
+        RK4 steps used in training, to start with. After each round of ``fit``, up to 128 training
         rows are integrated with this count and twice it; where their mean log-likelihood differs by
         more than 0.01 nats, the flow has begun to exploit the steps' integration error (its training
         loss falls while its true likelihood does not), and training goes on with 1.5 times the steps,
@@ -168,20 +167,15 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         ``max_time``; the same schedule, minibatches and validation rows), and the whole fit of the
         one whose trial ends with the lowest validation NLL (training NLL without ``early_stopping``)
         runs, its trial included: ``n_init / 25`` of a fit more than one fit (with ``max_time``,
-        within it). On
-        make_moons the initialization decides much of the score (one split, six seeds: -0.316 to
-        -0.399), and the validation NLL of the early epochs ranks the final scores well (see the
-        benchmarks page). Over six seeds per dataset, the best of 3 gained 0.026 nats on average on
-        the checkerboard, 0.009 on make_moons and 0.002 on 8 Gaussians, for 12 % more epochs. Not used
-        by ``partial_fit`` or a warm start, which continue fitted weights.
+        within it). On multimodal data the initialization decides much of the score, and the early
+        validation NLL ranks the final scores well (see the benchmarks page). Not used by
+        ``partial_fit`` or a warm start, which continue fitted weights.
     batch_size : int or "auto", default="auto"
         Minibatch size. ``"auto"`` is ``min(256, max(32, n_train // 20))`` rows, ``n_train`` the rows
         left after the validation split (256 in ``partial_fit``): 256 rows from 5,120 training rows up,
-        and at least 20 optimiser steps per epoch below. On small data the number of steps limits the
-        fit: on 1,000 make_moons points 32-row batches scored -0.467 against -0.564 with 256 rows (in 78
-        against 17 seconds), on the 1,797 digits 64-row batches -46.07 against -46.57. On larger data a
-        step costs about the same for 128 or 256 rows at a few features, so 256 rows buy more data per
-        second.
+        so that a pass over small data is at least 20 steps. At a few features a step costs about the
+        same for 64 or 256 rows; larger batches than 256 did not buy a better score in the same time
+        (see the benchmarks page).
     learning_rate : float, default=0.02
         Adam's learning rate: constant for the first 60 % of the budget (``max_iter`` or ``max_time``,
         whichever runs out first), then falling linearly to 0 at its end.
@@ -208,19 +202,17 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         smooth and early stopping picks a better round (see the benchmarks page).
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data (at most 2,000 rows), score it after every 100
-        optimizer steps, and keep the best weights. Where its negative log-likelihood has not improved
-        for ``n_iter_no_change`` steps while the learning rate is still constant, the rate's fall
-        begins (the budget shrinks to end as far after this point as its fall takes); where it stalls
-        again, training stops. The held-out likelihood
+        optimizer steps, keep the best weights, and stop when its negative log-likelihood has not
+        improved for ``n_iter_no_change`` steps of the learning rate's fall (a stall while the rate is
+        constant stops nothing: the fall is what resolves it). The held-out likelihood
         is computed as ``score`` computes it (``n_steps_eval`` or twice the training steps, exact
         trace), so a flow that learns to exploit the training steps' discretization error is not
         mistaken for a better one (unless it exploits these steps too: see ``n_steps_eval``).
     validation_fraction : float, default=0.1
         Fraction of the training data held out for early stopping, at most 2,000 rows.
-    n_iter_no_change : int, default=1000
-        Patience of early stopping, in optimizer steps (rounded up to the validation interval of 100
-        steps). While the learning rate is high the validation likelihood is noisy from round to
-        round; shorter patiences stop fits that are still improving.
+    n_iter_no_change : int, default=500
+        Patience of early stopping, in optimizer steps of the learning rate's fall (rounded up to the
+        validation interval of 100 steps).
     standardize : bool, default=True
         Standardize each feature before the flow. Scores and samples are always in the caller's units.
     dtype : {"float32", "float64"}, default="float32"
@@ -273,7 +265,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Seconds of the last ``fit`` (training and the final check of the integration error).
     n_steps_ : int
         RK4 steps that training ended with: ``n_steps``, or more where the flow began to exploit their
-        integration error (see ``n_steps``; the history's ``n_steps`` column gives each epoch's).
+        integration error (see ``n_steps``; the history's ``n_steps`` column gives each round's).
     n_steps_eval_ : int
         RK4 steps that the evaluations use: ``n_steps_eval`` if given, else ``2 * n_steps_``, or more
         where that does not resolve the fitted flow (see ``n_steps_eval``).
@@ -352,7 +344,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         ema_decay=0.995,
         early_stopping=True,
         validation_fraction=0.1,
-        n_iter_no_change=1000,
+        n_iter_no_change=500,
         standardize=True,
         dtype="float32",
         trace_precision="auto",
@@ -418,7 +410,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None, *, mean=None, scale=None):
-        """One epoch of training on ``X``, for data that arrive in chunks.
+        """One pass of training over ``X``, for data that arrive in chunks.
 
         The first call on an unfitted estimator builds the model, sets ``n_features_in_`` and fixes the
         standardization: ``mean`` and ``scale`` if given (e.g. from a
@@ -446,7 +438,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Returns
         -------
         self : OTFlowDensity
-            The estimator, trained one more epoch.
+            The estimator, trained one more pass.
 
         Examples
         --------
@@ -906,7 +898,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             callbacks.append(("budget", budget))
         callbacks += [(score.name, score) for score in scores]
         if not streaming:
-            if self.ema_decay > 0:  # before the callbacks that save weights at the end of an epoch
+            if self.ema_decay > 0:  # before the callbacks that save weights at the end of a round
                 callbacks.append(("weight_averaging", WeightAveraging(self.ema_decay)))
             # after the averaging: probes the weights that validation and the fitted model use
             refine = StepRefinement(_STEP_TOLERANCE, _MAX_STEP_REFINEMENTS, self.n_steps_eval is None)
@@ -916,7 +908,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             ("finite_guard", FiniteGuard()),
         ]
         if validate:
-            stop = EarlyStoppingWithCooldown(
+            stop = EarlyStoppingInTheFall(
                 budget,
                 monitor="valid_nll",
                 patience=math.ceil(self.n_iter_no_change / _VALIDATION_INTERVAL),
@@ -968,15 +960,15 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         )
 
     def _recover(self, net, guard, exc) -> None:
-        """After a non-finite loss: restore the last finite epoch's weights with a warning, or raise."""
+        """After a non-finite loss: restore the last finite round's weights with a warning, or raise."""
         if guard.best_state is None:
             raise ValueError(
-                f"Training diverged: {exc}, before any epoch finished with a finite loss. Try a smaller "
+                f"Training diverged: {exc}, before any round finished with a finite loss. Try a smaller "
                 "learning_rate, standardize=True, or dtype='float64'."
             ) from exc
         net.module_.load_state_dict(guard.best_state)
         warnings.warn(
-            f"Training stopped: {exc}. The weights of the last epoch with a finite loss were restored.",
+            f"Training stopped: {exc}. The weights of the last round with a finite loss were restored.",
             RuntimeWarning,
             stacklevel=6,
         )

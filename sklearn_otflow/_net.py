@@ -55,7 +55,7 @@ __all__ = [
     "Budget",
     "Progress",
     "StopTraining",
-    "EarlyStoppingWithCooldown",
+    "EarlyStoppingInTheFall",
 ]
 
 
@@ -168,7 +168,7 @@ class FiniteGuard(Callback):
         if loss is not None and not math.isfinite(loss.item()):
             self.epoch = len(net.history)
             kind = "training" if training else "validation"
-            raise TrainingDiverged(f"the {kind} loss became {loss.item()} in epoch {self.epoch}")
+            raise TrainingDiverged(f"the {kind} loss became {loss.item()} in round {self.epoch}")
 
     def on_epoch_end(self, net, **kwargs):
         losses = [net.history[-1].get(key) for key in ("train_loss", "valid_loss")]
@@ -427,8 +427,7 @@ class Budget(Callback):
     the next minibatch and the validation that ends its round are done (both estimated from the last
     ones measured); that round is validated and ends as usual, and training stops where the next round
     would begin (:class:`StopTraining`, before any other callback sees the new round: the budget must be
-    the first callback). :meth:`cool_down` brings the fall forward, shrinking the budget. The history's
-    ``lr`` column is each round's first learning rate.
+    the first callback). The history's ``lr`` column is each round's first learning rate.
 
     Parameters
     ----------
@@ -452,7 +451,6 @@ class Budget(Callback):
     def initialize(self):
         self.iter_, self.start_, self.stopped_by_, self.lr_ = 0, None, None, None
         self.batch_time_ = self.valid_time_ = None
-        self.shrink_ = 1.0  # the share of the budget that training will use (see cool_down)
         return self
 
     def on_train_begin(self, net, **kwargs):
@@ -461,36 +459,30 @@ class Budget(Callback):
         self._valid_start, self._valid_rows, self._train_rows = None, 0, 1
 
     def _share(self, ahead: float = 0.0) -> float:
-        """The share of the (shrunk) budget used, ``ahead`` seconds from now."""
+        """The share of the budget used, ``ahead`` seconds from now."""
         share = self.iter_ / self.max_iter
         if self.deadline is not None and self.start_ is not None:
             span = max(self.deadline - self.start_, 1e-9)
             share = max(share, (time.perf_counter() + ahead - self.start_) / span)
-        return share / self.shrink_
+        return share
 
     @property
     def progress(self) -> float:
         """The share of the budget used so far, in [0, 1]."""
         return min(self._share(), 1.0)
 
-    def cool_down(self) -> bool:
-        """Begin the learning rate's fall now, if it has not begun: the budget shrinks to the share of it
-        used so far divided by 0.6, as if this were the end of its constant phase. Returns whether it did.
-        """
-        share = self._share()
-        if share >= 1.0 - _DECAY_SHARE:
-            return False
-        self.shrink_ *= share / (1.0 - _DECAY_SHARE)
-        return True
+    def falling(self) -> bool:
+        """Whether the learning rate has begun its fall (the last 40 % of the budget)."""
+        return self.progress >= 1.0 - _DECAY_SHARE
 
     def exhausted(self) -> bool:
         """Whether training should take no further minibatch (see the class docstring)."""
         if self.stopped_by_ is None:
             ahead = 0.0 if self.batch_time_ is None else self.batch_time_ + self._validation_time()
-            by_steps = self.iter_ >= self.stop_at * self.shrink_ * self.max_iter
-            if by_steps or (self.deadline is not None and self._share(ahead) >= self.stop_at):
-                by_budget = "max_iter" if by_steps else "max_time"
-                self.stopped_by_ = "early stopping" if self.shrink_ < 1.0 else by_budget
+            if self.iter_ >= self.stop_at * self.max_iter:
+                self.stopped_by_ = "max_iter"
+            elif self.deadline is not None and self._share(ahead) >= self.stop_at:
+                self.stopped_by_ = "max_time"
         return self.stopped_by_ is not None
 
     def _validation_time(self) -> float:
@@ -530,13 +522,13 @@ class Budget(Callback):
             self.valid_time_ = time.perf_counter() - self._valid_start
 
 
-class EarlyStoppingWithCooldown(EarlyStopping):
-    """skorch's early stopping, where a stall first ends the learning rate's constant phase.
+class EarlyStoppingInTheFall(EarlyStopping):
+    """skorch's early stopping, counting only the rounds of the learning rate's fall.
 
-    Where the validation score has not improved for ``patience`` rounds before the learning rate has
-    begun to fall, ``budget``'s fall begins now instead (:meth:`Budget.cool_down`: a plateau at a high
-    rate is what the fall resolves), and the count of rounds without improvement starts again; where
-    it stalls during the fall, training stops, as with skorch's. ``budget=None`` is skorch's.
+    While ``budget``'s learning rate is constant, a stall of the validation score is what the fall
+    resolves, so it stops nothing (the best weights are still kept); rounds without improvement count
+    from the fall on, and ``patience`` of them stop training, as with skorch's. ``budget=None`` is
+    skorch's.
     """
 
     def __init__(self, budget: Budget | None = None, **kwargs) -> None:
@@ -544,11 +536,13 @@ class EarlyStoppingWithCooldown(EarlyStopping):
         self.budget = budget
 
     def on_epoch_end(self, net, **kwargs):
+        falling = self.budget is None or self.budget.falling()
         try:
             super().on_epoch_end(net, **kwargs)
         except KeyboardInterrupt:
-            if self.budget is None or not self.budget.cool_down():
+            if falling:
                 raise
+        if not falling:
             self.misses_ = 0
 
 

@@ -176,25 +176,34 @@ def test_the_interval_of_validation_is_the_estimators(monkeypatch):
     assert list(est.history_[:, "iter"]) == [7, 14, 20]
 
 
-def test_a_stall_before_the_fall_brings_the_fall_forward():
-    """A validation score that stops improving while the learning rate is still constant ends the
-    constant phase: the budget shrinks so that its fall begins there; a second stall stops training."""
+def test_early_stopping_counts_the_rounds_of_the_fall_only():
+    """A validation score that stalls while the learning rate is constant stops nothing (the fall is what
+    resolves a plateau); during the fall, n_iter_no_change steps without improvement stop training."""
     budget = net_module.Budget(1_000)
     budget.on_train_begin(None)
-    budget.iter_ = 300
-    assert budget.progress == pytest.approx(0.3) and net_module.lr_factor(budget.progress) == 1.0
-    assert budget.cool_down()
-    assert budget.progress == pytest.approx(0.6)  # the fall begins now
-    budget.iter_ = 400
-    assert net_module.lr_factor(budget.progress) == pytest.approx(0.5)
-    assert not budget.cool_down()  # already falling
-    assert not budget.exhausted()
-    budget.iter_ = 500
-    assert budget.exhausted() and budget.stopped_by_ == "early stopping"
+    budget.iter_ = 599
+    assert not budget.falling()
+    budget.iter_ = 600
+    assert budget.falling()
 
     X = np.random.default_rng(0).normal(size=(500, 2))
-    # a rate so small that the validation score never moves after the first round: two rounds without
-    # improvement (300 steps, 15 % of the budget) begin the fall, which ends at 300 / 0.6 = 500 steps
+    # a rate so small that the validation score never moves after the first round: the constant phase
+    # runs through; the rounds ending at 1,200 (where the fall begins) and 1,300 steps stop training
     est = OTFlowDensity(max_iter=2_000, learning_rate=1e-12, n_iter_no_change=200, **TINY).fit(X)
-    assert est.stopped_by_ == "early stopping" and est.n_iter_ == 500
-    assert est.history_[:, "lr"] == pytest.approx([1e-12] * 4 + [0.5e-12])
+    assert est.stopped_by_ == "early stopping" and est.n_iter_ == 1_300
+    assert est.history_[0, "valid_nll_best"] and not any(est.history_[1:, "valid_nll_best"])
+    # skorch's own early stopping would have stopped after the first two rounds without improvement
+    plain = OTFlowDensity(max_iter=2_000, learning_rate=1e-12, n_iter_no_change=200, **TINY)
+    plain._build_net = _with_plain_early_stopping(plain._build_net)
+    assert plain.fit(X).n_iter_ == 300
+
+
+def _with_plain_early_stopping(build):
+    def wrapped(*args, **kwargs):
+        net = build(*args, **kwargs)
+        for _, cb in net.callbacks:
+            if isinstance(cb, net_module.EarlyStoppingInTheFall):
+                cb.budget = None
+        return net
+
+    return wrapped

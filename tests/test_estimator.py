@@ -362,7 +362,7 @@ class _Poison(Callback):
 
 
 def test_divergence_restores_the_last_finite_weights_with_a_warning(moons):
-    with pytest.warns(RuntimeWarning, match="last epoch with a finite loss"):
+    with pytest.warns(RuntimeWarning, match="last round with a finite loss"):
         est = OTFlowDensity(max_iter=25, callbacks=[_Poison(3)], **SMALL).fit(moons)
     assert np.isfinite(est.score_samples(moons)).all()
 
@@ -497,7 +497,7 @@ def test_n_init_reports_each_trial_and_a_diverging_trial_loses(moons, monkeypatc
         trial = dict(net.callbacks)["budget"].stop_at < 1
         trained.append((seed, trial))
         if trial and seed != seeds[-1]:
-            raise TrainingDiverged("the training loss became nan in epoch 1")
+            raise TrainingDiverged("the training loss became nan in round 1")
         return original(self, net, X, seed, initialize, start, **fit_params)
 
     monkeypatch.setattr(OTFlowDensity, "_run_net", run_net)
