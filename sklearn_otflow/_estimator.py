@@ -202,17 +202,17 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         smooth and early stopping picks a better round (see the benchmarks page).
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data (at most 2,000 rows), score it after every 100
-        optimizer steps, keep the best weights, and stop when its negative log-likelihood has not
-        improved for ``n_iter_no_change`` steps of the learning rate's fall (a stall while the rate is
-        constant stops nothing: the fall is what resolves it). The held-out likelihood
-        is computed as ``score`` computes it (``n_steps_eval`` or twice the training steps, exact
-        trace), so a flow that learns to exploit the training steps' discretization error is not
+        optimizer steps, keep the best weights, and stop when, during the learning rate's fall, its
+        negative log-likelihood has not improved for ``n_iter_no_change`` steps and for half the fall
+        (a stall while the rate is constant stops nothing: the fall is what resolves it). The held-out
+        likelihood is computed as ``score`` computes it (``n_steps_eval`` or twice the training steps,
+        exact trace), so a flow that learns to exploit the training steps' discretization error is not
         mistaken for a better one (unless it exploits these steps too: see ``n_steps_eval``).
     validation_fraction : float, default=0.1
         Fraction of the training data held out for early stopping, at most 2,000 rows.
     n_iter_no_change : int, default=500
         Patience of early stopping, in optimizer steps of the learning rate's fall (rounded up to the
-        validation interval of 100 steps).
+        validation interval of 100 steps), and at least half the fall (see ``early_stopping``).
     standardize : bool, default=True
         Standardize each feature before the flow. Scores and samples are always in the caller's units.
     dtype : {"float32", "float64"}, default="float32"

@@ -526,22 +526,32 @@ class EarlyStoppingInTheFall(EarlyStopping):
     """skorch's early stopping, counting only the rounds of the learning rate's fall.
 
     While ``budget``'s learning rate is constant, a stall of the validation score is what the fall
-    resolves, so it stops nothing (the best weights are still kept); rounds without improvement count
-    from the fall on, and ``patience`` of them stop training, as with skorch's. ``budget=None`` is
-    skorch's.
+    resolves, so it stops nothing (the best weights are still kept). From the fall on, training stops
+    where the score has not improved for ``patience`` rounds and for half the fall (a fifth of the
+    budget: early in a long fall the rate is still near its peak, and the best score of the constant
+    phase takes a while to beat). ``budget=None`` is skorch's.
     """
 
     def __init__(self, budget: Budget | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.budget = budget
 
+    def on_train_begin(self, net, **kwargs):
+        super().on_train_begin(net, **kwargs)
+        self.since_ = 0.0  # the budget's progress at the last improvement or the fall's start
+
     def on_epoch_end(self, net, **kwargs):
-        falling = self.budget is None or self.budget.falling()
+        if self.budget is None:
+            return super().on_epoch_end(net, **kwargs)
+        falling, progress = self.budget.falling(), self.budget.progress
         try:
             super().on_epoch_end(net, **kwargs)
         except KeyboardInterrupt:
-            if falling:
+            if falling and progress - self.since_ >= _DECAY_SHARE / 2 - 1e-9:
                 raise
+            self.misses_ -= 1  # not yet: look again after the next round
+        if not falling or self.misses_ == 0:
+            self.since_ = progress
         if not falling:
             self.misses_ = 0
 

@@ -178,7 +178,8 @@ def test_the_interval_of_validation_is_the_estimators(monkeypatch):
 
 def test_early_stopping_counts_the_rounds_of_the_fall_only():
     """A validation score that stalls while the learning rate is constant stops nothing (the fall is what
-    resolves a plateau); during the fall, n_iter_no_change steps without improvement stop training."""
+    resolves a plateau); during the fall, n_iter_no_change steps without improvement, and half the fall
+    (a fifth of the budget), stop training."""
     budget = net_module.Budget(1_000)
     budget.on_train_begin(None)
     budget.iter_ = 599
@@ -188,9 +189,10 @@ def test_early_stopping_counts_the_rounds_of_the_fall_only():
 
     X = np.random.default_rng(0).normal(size=(500, 2))
     # a rate so small that the validation score never moves after the first round: the constant phase
-    # runs through; the rounds ending at 1,200 (where the fall begins) and 1,300 steps stop training
+    # runs through (its last round ends at 1,100 steps); two rounds of the fall without improvement are
+    # not enough, a fifth of the budget (400 steps) after 1,100 is
     est = OTFlowDensity(max_iter=2_000, learning_rate=1e-12, n_iter_no_change=200, **TINY).fit(X)
-    assert est.stopped_by_ == "early stopping" and est.n_iter_ == 1_300
+    assert est.stopped_by_ == "early stopping" and est.n_iter_ == 1_500
     assert est.history_[0, "valid_nll_best"] and not any(est.history_[1:, "valid_nll_best"])
     # skorch's own early stopping would have stopped after the first two rounds without improvement
     plain = OTFlowDensity(max_iter=2_000, learning_rate=1e-12, n_iter_no_change=200, **TINY)
