@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+import sklearn_otflow._budget as budget_module
 import sklearn_otflow._estimator as estimator_module
-import sklearn_otflow._net as net_module
 from sklearn_otflow import OTFlowDensity
 from sklearn_otflow._loss import log_prob
 from sklearn_otflow._net import StepRefinement
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="random_state of the fit (the split is seed 0's)")
     args = parser.parse_args()
     if args.variant in SCHEDULES:
-        net_module.lr_factor = SCHEDULES[args.variant]
+        budget_module.lr_factor = SCHEDULES[args.variant]
     if args.variant == "step-down":
         estimator_module.StepRefinement = StepsBothWays
     if args.variant.startswith("start-"):

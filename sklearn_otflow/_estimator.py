@@ -25,17 +25,14 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import GradientNormClipping, PassthroughScoring
 from skorch.dataset import ValidSplit
 
+from ._budget import BatchStream, Budget, EarlyStoppingInTheFall, Progress
 from ._dynamics import flow
 from ._loss import negative_log_likelihood
 from ._net import (
-    BatchStream,
-    Budget,
-    EarlyStoppingInTheFall,
     FiniteGuard,
     FlowModule,
     OTFlowLoss,
     OTFlowNet,
-    Progress,
     StepRefinement,
     TrainingDiverged,
     WeightAveraging,

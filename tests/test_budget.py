@@ -8,10 +8,10 @@ import torch
 from skorch.callbacks import Callback
 from skorch.dataset import Dataset
 
+import sklearn_otflow._budget as budget_module
 import sklearn_otflow._estimator as estimator_module
-import sklearn_otflow._net as net_module
 from sklearn_otflow import OTFlowDensity
-from sklearn_otflow._net import BatchStream
+from sklearn_otflow._budget import BatchStream
 
 TINY = dict(hidden_width=8, n_layers=1, n_steps=2, random_state=0)
 
@@ -73,7 +73,7 @@ def test_max_time_ends_training_by_the_deadline_and_anneals_by_the_clock(monkeyp
     """With max_time binding, training takes no step that, with the validation after it, would end past
     the deadline; the learning rate anneals over the seconds; the best validated weights are kept."""
     clock = _Clock()
-    monkeypatch.setattr(net_module, "time", clock)
+    monkeypatch.setattr(budget_module, "time", clock)
     monkeypatch.setattr(estimator_module, "time", clock)
     start = clock.now
     tick = _Tick(clock, step=0.1, valid=0.25)  # 100 rows of validation: one batch
@@ -95,7 +95,7 @@ def test_max_time_ends_training_by_the_deadline_and_anneals_by_the_clock(monkeyp
 def test_the_first_round_is_cut_by_a_short_deadline(monkeypatch):
     """Before any validation has been timed, its cost is estimated from the training steps' time per row."""
     clock = _Clock()
-    monkeypatch.setattr(net_module, "time", clock)
+    monkeypatch.setattr(budget_module, "time", clock)
     monkeypatch.setattr(estimator_module, "time", clock)
     start = clock.now
     tick = _Tick(clock, step=0.1, valid=0.1)  # 100 validation rows cost as much as 64 training rows
@@ -108,7 +108,7 @@ def test_the_first_round_is_cut_by_a_short_deadline(monkeypatch):
 def test_a_trial_of_n_init_runs_the_first_25th_of_the_budget(monkeypatch):
     """With max_time, each trial stops after 1/25 of it, and the winner's fit ends by the deadline."""
     clock = _Clock()
-    monkeypatch.setattr(net_module, "time", clock)
+    monkeypatch.setattr(budget_module, "time", clock)
     monkeypatch.setattr(estimator_module, "time", clock)
     start = clock.now
     runs = []
@@ -180,7 +180,7 @@ def test_early_stopping_counts_the_rounds_of_the_fall_only():
     """A validation score that stalls while the learning rate is constant stops nothing (the fall is what
     resolves a plateau); during the fall, n_iter_no_change steps without improvement, and half the fall
     (a fifth of the budget), stop training."""
-    budget = net_module.Budget(1_000)
+    budget = budget_module.Budget(1_000)
     budget.on_train_begin(None)
     budget.iter_ = 599
     assert not budget.falling()
@@ -204,7 +204,7 @@ def _with_plain_early_stopping(build):
     def wrapped(*args, **kwargs):
         net = build(*args, **kwargs)
         for _, cb in net.callbacks:
-            if isinstance(cb, net_module.EarlyStoppingInTheFall):
+            if isinstance(cb, budget_module.EarlyStoppingInTheFall):
                 cb.budget = None
         return net
 

@@ -1,0 +1,305 @@
+r"""Training's length in optimizer steps and seconds, not in passes over the data.
+
+skorch's loop runs epochs; here an "epoch" is a *round* of at most ``round_len`` minibatches
+(:class:`BatchStream`, a shuffled stream of the rows that each round continues), followed by
+validation. :class:`Budget` counts the steps and the seconds, sets the learning rate from the share of
+the budget used (constant for 60 % of it, then a linear fall to 0) and ends training inside a round when
+time is up; :class:`EarlyStoppingInTheFall` is skorch's early stopping, counting only the rounds of that
+fall; :class:`Progress` shows the run as one progress bar (tqdm, as skorch's own).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from skorch.callbacks import Callback, EarlyStopping
+from torch.utils.data import Dataset
+
+__all__ = ["BatchStream", "Budget", "EarlyStoppingInTheFall", "Progress", "StopTraining", "lr_factor"]
+
+
+class StopTraining(KeyboardInterrupt):
+    """Raised by :class:`Budget` once it is spent; skorch ends the loop on it, as it does for
+    :class:`~skorch.callbacks.EarlyStopping`'s ``KeyboardInterrupt``."""
+
+
+class BatchStream:
+    """skorch's ``iterator_train``: each pass over it is one *round* of at most ``round_len`` minibatches.
+
+    The minibatches are consecutive slices of a shuffled order of the rows; a round starts where the
+    previous one ended, and a new order is drawn when one is used up, so every row is seen once per
+    pass over the data whatever the round length (the last minibatch of a pass may be smaller). A
+    round ends early when ``budget`` says it is exhausted. Each minibatch is fetched with one indexing
+    of the dataset, as in :func:`batch_loader`.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        skorch's training dataset (or torch's ``Subset`` of it); indexed with a list of rows.
+    batch_size : int
+        Rows per minibatch.
+    generator : torch.Generator
+        Draws the orders.
+    round_len : int or None, default=None
+        Minibatches per round; ``None`` is one pass over the data.
+    budget : Budget or None, default=None
+        Consulted before every minibatch.
+    shuffle : bool, default=True
+        Draw a random order (else the rows' own).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skorch.dataset import Dataset
+    >>> from sklearn_otflow._budget import BatchStream
+    >>> stream = BatchStream(Dataset(torch.zeros(10, 2), None), 4, torch.Generator(), round_len=4)
+    >>> [len(X) for X, _ in stream], [len(X) for X, _ in stream]
+    ([4, 4, 2, 4], [4, 2, 4, 4])
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        round_len: int | None = None,
+        budget: Budget | None = None,
+        shuffle: bool = True,
+    ) -> None:
+        self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
+        self.round_len, self.budget, self.shuffle = round_len, budget, shuffle
+        self._order, self._pos = None, 0
+
+    def _next_rows(self) -> list[int]:
+        n = len(self.dataset)
+        if self._order is None or self._pos >= n:
+            self._order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            self._pos = 0
+        rows = self._order[self._pos : self._pos + self.batch_size]
+        self._pos += len(rows)
+        return rows.tolist()
+
+    def __len__(self) -> int:
+        return self.round_len or math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self):
+        for _ in range(len(self)):
+            if self.budget is not None and self.budget.exhausted():
+                return
+            yield self.dataset[self._next_rows()]
+
+
+# The learning rate is constant for the first 1 - _DECAY_SHARE of the budget, then falls linearly to 0.
+_DECAY_SHARE = 0.4
+
+
+def lr_factor(progress: float) -> float:
+    r"""The learning rate's factor at ``progress`` in [0, 1] of the budget: :math:`\min(1, (1 - p) / 0.4)`.
+
+    >>> [round(lr_factor(p), 6) for p in (0.0, 0.6, 0.8, 1.0)]
+    [1.0, 1.0, 0.5, 0.0]
+    """
+    return min(1.0, max(0.0, 1.0 - progress) / _DECAY_SHARE)
+
+
+class Budget(Callback):
+    r"""Training's length in optimizer steps and seconds, and the learning rate that follows it.
+
+    After :math:`k` of ``max_iter`` steps, at time :math:`t` of a run that began at :math:`t_0` and must
+    end by the ``deadline`` :math:`T`, the progress is :math:`p = \max(k / K, (t - t_0) / (T - t_0))`,
+    and the next step's learning rate is :math:`\eta\,\min(1, (1 - p) / 0.4)` (with ``schedule``):
+    constant for the first 60 % of whichever budget runs out first, then falling linearly to 0.
+    Training takes no further minibatch once :math:`p` reaches ``stop_at``, or would reach it before
+    the next minibatch and the validation that ends its round are done (both estimated from the last
+    ones measured); that round is validated and ends as usual, and training stops where the next round
+    would begin (:class:`StopTraining`, before any other callback sees the new round: the budget must be
+    the first callback). The history's ``lr`` column is each round's first learning rate.
+
+    Parameters
+    ----------
+    max_iter : int
+        Optimizer steps of the budget.
+    deadline : float or None, default=None
+        ``time.perf_counter()`` by which training must end (the caller's clock starts before the net is
+        built: a fit's own preparation counts in its budget).
+    stop_at : float, default=1.0
+        The share of the budget after which training stops (less than 1 for a trial of the beginning
+        of a fit).
+    schedule : bool, default=True
+        Set the learning rate by the progress; else keep the optimiser's.
+    """
+
+    def __init__(
+        self, max_iter: int, deadline: float | None = None, stop_at: float = 1.0, schedule: bool = True
+    ) -> None:
+        self.max_iter, self.deadline, self.stop_at, self.schedule = max_iter, deadline, stop_at, schedule
+
+    def initialize(self):
+        self.iter_, self.start_, self.stopped_by_, self.lr_ = 0, None, None, None
+        self.batch_time_ = self.valid_time_ = None
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        self.initialize()
+        self.start_ = self._last = time.perf_counter()
+        self._valid_start, self._valid_rows, self._train_rows = None, 0, 1
+
+    def _share(self, ahead: float = 0.0) -> float:
+        """The share of the budget used, ``ahead`` seconds from now."""
+        share = self.iter_ / self.max_iter
+        if self.deadline is not None and self.start_ is not None:
+            span = max(self.deadline - self.start_, 1e-9)
+            share = max(share, (time.perf_counter() + ahead - self.start_) / span)
+        return share
+
+    @property
+    def progress(self) -> float:
+        """The share of the budget used so far, in [0, 1]."""
+        return min(self._share(), 1.0)
+
+    def falling(self) -> bool:
+        """Whether the learning rate has begun its fall (the last 40 % of the budget)."""
+        return self.progress >= 1.0 - _DECAY_SHARE
+
+    def exhausted(self) -> bool:
+        """Whether training should take no further minibatch (see the class docstring)."""
+        if self.stopped_by_ is None:
+            ahead = 0.0 if self.batch_time_ is None else self.batch_time_ + self._validation_time()
+            if self.iter_ >= self.stop_at * self.max_iter:
+                self.stopped_by_ = "max_iter"
+            elif self.deadline is not None and self._share(ahead) >= self.stop_at:
+                self.stopped_by_ = "max_time"
+        return self.stopped_by_ is not None
+
+    def _validation_time(self) -> float:
+        """The last validation's duration; before one is measured, the time of as many training rows."""
+        if self.valid_time_ is not None:
+            return self.valid_time_
+        return self.batch_time_ * self._valid_rows / self._train_rows
+
+    def on_epoch_begin(self, net, dataset_valid=None, **kwargs):
+        if self.exhausted():
+            del net.history[-1]  # the row skorch has just begun for a round that will not run
+            raise StopTraining
+        self._valid_rows = 0 if dataset_valid is None else len(dataset_valid)
+        self._last, self._valid_start = time.perf_counter(), None
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if training and self.schedule:
+            self.lr_ = net.lr * lr_factor(self.progress)
+            for group in net.optimizer_.param_groups:
+                group["lr"] = self.lr_
+            if "lr" not in net.history[-1]:  # the round's first
+                net.history.record("lr", self.lr_)
+        elif not training and self._valid_start is None:
+            self._valid_start = time.perf_counter()
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        if training:
+            now = time.perf_counter()
+            elapsed, self._last = now - self._last, now
+            # a moving average: a step's time changes with the RK4 step count
+            self.batch_time_ = elapsed if self.batch_time_ is None else 0.8 * self.batch_time_ + 0.2 * elapsed
+            self._train_rows = max(1, len(batch[0]))
+            self.iter_ += 1
+
+    def on_epoch_end(self, net, **kwargs):
+        if self._valid_start is not None:
+            self.valid_time_ = time.perf_counter() - self._valid_start
+
+
+class EarlyStoppingInTheFall(EarlyStopping):
+    """skorch's early stopping, counting only the rounds of the learning rate's fall.
+
+    While ``budget``'s learning rate is constant, a stall of the validation score is what the fall
+    resolves, so it stops nothing (the best weights are still kept). From the fall on, training stops
+    where the score has not improved for ``patience`` rounds and for half the fall (a fifth of the
+    budget: early in a long fall the rate is still near its peak, and the best score of the constant
+    phase takes a while to beat). ``budget=None`` is skorch's.
+    """
+
+    def __init__(self, budget: Budget | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.budget = budget
+
+    def on_train_begin(self, net, **kwargs):
+        super().on_train_begin(net, **kwargs)
+        self.since_ = 0.0  # the budget's progress at the last improvement or the fall's start
+
+    def on_epoch_end(self, net, **kwargs):
+        if self.budget is None:
+            return super().on_epoch_end(net, **kwargs)
+        falling, progress = self.budget.falling(), self.budget.progress
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:
+            if falling and progress - self.since_ >= _DECAY_SHARE / 2 - 1e-9:
+                raise
+            self.misses_ -= 1  # not yet: look again after the next round
+        if not falling or self.misses_ == 0:
+            self.since_ = progress
+        if not falling:
+            self.misses_ = 0
+
+
+class Progress(Callback):
+    """One progress bar for a whole training run (tqdm): the share of the budget used, elapsed time,
+    estimated time left, and the latest validation log-likelihood in the data's units.
+
+    Parameters
+    ----------
+    budget : Budget
+        The run's budget, whose progress the bar shows.
+    log_scale : float
+        :math:`\\sum_j \\log\\sigma_j` of the standardization: the data's log-likelihood is the model's
+        minus this.
+    desc : str
+        The bar's label.
+    """
+
+    def __init__(self, budget: Budget, log_scale: float = 0.0, desc: str = "OTFlowDensity") -> None:
+        self.budget, self.log_scale, self.desc = budget, log_scale, desc
+
+    def initialize(self):
+        self.bar_ = None
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        from tqdm.auto import tqdm
+
+        bar = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
+        self.bar_ = tqdm(total=1000, desc=self.desc, bar_format=bar, leave=True, dynamic_ncols=True)
+        self._postfix = {}
+
+    def _show(self) -> None:
+        target = round(1000 * self.budget.progress)
+        if target > self.bar_.n:
+            self.bar_.update(target - self.bar_.n)
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training and self.bar_ is not None:
+            self._postfix["iter"] = self.budget.iter_
+            self._show()
+
+    def on_epoch_end(self, net, **kwargs):
+        if self.bar_ is None:
+            return
+        row = net.history[-1]
+        if "valid_nll" in row:
+            self._postfix["valid log-lik"] = f"{-row['valid_nll'] - self.log_scale:.4f}"
+        if "n_steps" in row:
+            self._postfix["RK4 steps"] = row["n_steps"]
+        self.bar_.set_postfix(self._postfix, refresh=False)
+        self._show()
+
+    def on_train_end(self, net, **kwargs):
+        if self.bar_ is not None:
+            self.bar_.close()
+            self.bar_ = None
+
+    def __getstate__(self):  # a fitted net is pickled; an open bar is not picklable
+        state = self.__dict__.copy()
+        state["bar_"] = None
+        return state
