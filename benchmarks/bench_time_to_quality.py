@@ -177,6 +177,7 @@ def plot(records: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     names = list(dict.fromkeys(r["dataset"] for r in records))
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
@@ -198,11 +199,13 @@ def plot(records: list[dict], path: str) -> None:
                 r for r in records if r["dataset"] == name and r["method"] == method and not r["budget"]
             ]
             if default:
-                ax.plot(default[0]["seconds"], default[0]["score"], "*", ms=12, color=color)
+                ax.plot(default[-1]["seconds"], default[-1]["score"], "*", ms=12, color=color)
         ax.set_xscale("log")
+        ax.set_xticks([30, 60, 120, 300], labels=["30", "60", "120", "300"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(name)
         ax.set_xlabel("wall seconds (one thread)")
-    axes[0][0].set_ylabel("held-out mean log-likelihood")
+    axes[0][0].set_ylabel("held-out mean log-likelihood\n(star: the default fit)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

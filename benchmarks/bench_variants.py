@@ -27,9 +27,11 @@ the round's seconds (a time-to-quality curve). Variants:
 ``start-network``
     the network switched on at the start: ``w`` drawn from N(0, 0.1²) instead of 0.
 
-Run from the repository root, one thread per process, a seed per run::
+Run from the repository root, one thread per process, a seed per run; then tabulate and draw the
+mean validation curve of each variant (the mean over its seeds, against the mean seconds)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_variants.py --variant cosine --seed 1 >> variants.jsonl
+    python benchmarks/bench_variants.py --report variants.jsonl --plot variants.png
 """
 
 from __future__ import annotations
@@ -108,12 +110,55 @@ def _patch_start(variant: str) -> None:
     _potential.Potential.__init__ = patched
 
 
+def report(path: str, plot: str | None, dataset: str) -> None:
+    """A markdown table of the runs on ``dataset`` in ``path``, a row per variant; ``plot``: the figure."""
+    runs: dict[str, list[dict]] = {}
+    for line in Path(path).read_text().splitlines():
+        run = json.loads(line)
+        if run["dataset"] == dataset:
+            runs.setdefault(run["variant"], []).append(run)
+    print("| variant | held-out, by seed | mean | CPU s (mean) | steps |")
+    print("|---|---|---:|---:|---:|")
+    for variant, rs in runs.items():
+        rs.sort(key=lambda r: r["seed"])
+        scores = ", ".join(f"{r['test']:.4f} ({r['seed']})" for r in rs)
+        mean, cpu = np.mean([r["test"] for r in rs]), np.mean([r["cpu"] for r in rs])
+        print(f"| {variant} | {scores} | {mean:.4f} | {cpu:.0f} | {rs[0]['steps']} |")
+    if plot is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, rs in runs.items():
+        rounds = min(len(r["curve"]) for r in rs)
+        # each run's round times scaled to its CPU seconds: two runs shared the machine at times
+        walls = [np.cumsum([c[1] for c in r["curve"]]) for r in rs]
+        seconds = np.mean([w[:rounds] * r["cpu"] / w[-1] for w, r in zip(walls, rs)], axis=0)
+        valid = np.mean([[c[2] for c in r["curve"][:rounds]] for r in rs], axis=0)
+        ax.plot(seconds, valid, lw=2.5 if variant == "default" else 1.2, label=f"{variant} ({len(rs)} seeds)")
+    ax.set_ylim(-0.6, None)
+    ax.set_xlabel("CPU seconds of the fit (mean over seeds, one thread)")
+    ax.set_ylabel("validation log-likelihood (mean over seeds)")
+    ax.set_title(f"{dataset}: training variants at the default budget")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(plot, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="default")
     parser.add_argument("--dataset", default="moons")
     parser.add_argument("--seed", type=int, default=0, help="random_state of the fit (the split is seed 0's)")
+    parser.add_argument("--report", help="JSON lines of earlier runs to tabulate (no fit)")
+    parser.add_argument("--plot", help="with --report: the figure's path")
     args = parser.parse_args()
+    if args.report:
+        report(args.report, args.plot, args.dataset)
+        return
     if args.variant in SCHEDULES:
         budget_module.lr_factor = SCHEDULES[args.variant]
     if args.variant == "step-down":
