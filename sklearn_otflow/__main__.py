@@ -2,7 +2,7 @@
 
 Fits each model on 80% of ``make_moons(n_samples=10000, noise=0.05)`` (KernelDensity's bandwidth and
 GaussianMixture's number of components tuned by GridSearchCV), prints the held-out mean log-likelihood of
-each, and writes a figure of OT-Flow's density and samples. About a minute and a half on 2 cores.
+each, and writes a figure of OT-Flow's density and samples, in about two minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     X, _ = make_moons(args.n_samples, noise=0.05, random_state=0)
     X_train, X_test = train_test_split(X, test_size=0.2, random_state=0)
     models = {
-        "KernelDensity": GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-2, 0, 15)}),
+        # n_jobs=-1: scoring the folds is most of KernelDensity's time, and the folds are independent
+        "KernelDensity": GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-2, 0, 15)}, n_jobs=-1),
         "GaussianMixture": GridSearchCV(
             GaussianMixture(random_state=0), {"n_components": [5, 10, 20, 30, 40]}
         ),
