@@ -21,8 +21,9 @@ __all__ = ["BatchStream", "Budget", "EarlyStoppingInTheFall", "Progress", "StopT
 
 
 class StopTraining(KeyboardInterrupt):
-    """Raised by :class:`Budget` once it is spent; skorch ends the loop on it, as it does for
-    :class:`~skorch.callbacks.EarlyStopping`'s ``KeyboardInterrupt``."""
+    """Raised by a callback that ends training (:class:`Budget` once it is spent, early stopping); skorch
+    ends the loop on it, as on :class:`~skorch.callbacks.EarlyStopping`'s ``KeyboardInterrupt``, and
+    :class:`~sklearn_otflow._net.OTFlowNet` tells it from an interrupt (Ctrl-C) by its type."""
 
 
 class BatchStream:
@@ -230,13 +231,16 @@ class EarlyStoppingInTheFall(EarlyStopping):
 
     def on_epoch_end(self, net, **kwargs):
         if self.budget is None:
-            return super().on_epoch_end(net, **kwargs)
+            try:
+                return super().on_epoch_end(net, **kwargs)
+            except KeyboardInterrupt:  # skorch's way to stop, not an interrupt
+                raise StopTraining from None
         falling, progress = self.budget.falling(), self.budget.progress
         try:
             super().on_epoch_end(net, **kwargs)
         except KeyboardInterrupt:
             if falling and progress - self.since_ >= _DECAY_SHARE / 2 - 1e-9:
-                raise
+                raise StopTraining from None
             self.misses_ -= 1  # not yet: look again after the next round
         if not falling or self.misses_ == 0:
             self.since_ = progress

@@ -22,7 +22,7 @@ from sklearn.model_selection import ShuffleSplit
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from skorch.callbacks import GradientNormClipping, PassthroughScoring
+from skorch.callbacks import Callback, GradientNormClipping, PassthroughScoring
 from skorch.dataset import ValidSplit
 
 from ._budget import BatchStream, Budget, EarlyStoppingInTheFall, Progress
@@ -31,6 +31,7 @@ from ._loss import negative_log_likelihood
 from ._net import (
     FiniteGuard,
     FlowModule,
+    Interrupted,
     OTFlowLoss,
     OTFlowNet,
     StepRefinement,
@@ -45,6 +46,16 @@ from ._validation import check_input, standardization
 __all__ = ["OTFlowDensity"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class _Number(Interval):
+    """scikit-learn's :class:`Interval` without booleans and infinities: ``True`` is an ``int`` to
+    Python, but never a step count, width or loss weight."""
+
+    def is_satisfied_by(self, val):
+        if isinstance(val, (bool, np.bool_)) or not super().is_satisfied_by(val):
+            return False
+        return math.isfinite(val)  # inf is no learning rate or weight, and max_time=None is no limit
 
 
 def _fast_block_dtype(device: torch.device) -> torch.dtype | None:
@@ -226,8 +237,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         new budget of ``max_iter`` steps (and ``max_time``). The architecture (``hidden_width``,
         ``n_layers``, ``rank``) must be unchanged.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, minibatch order and the validation split. An int gives
-        bit-identical fits on the CPU; the global torch random state is left untouched.
+        Seeds weight initialisation, minibatch order and the validation split, each drawn from a
+        generator of the fit's own. An int gives bit-identical fits on the CPU, also in concurrent
+        threads; the global torch random state is neither read nor moved.
     device : str, default="cpu"
         Torch device, e.g. ``"cuda"``.
     verbose : int, default=0
@@ -295,30 +307,30 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     """
 
     _parameter_constraints: dict = {
-        "alpha": [Interval(numbers.Real, 0, None, closed="neither")],
-        "alpha_hjb": [Interval(numbers.Real, 0, None, closed="left")],
-        "hidden_width": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
-        "n_layers": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
-        "rank": [Interval(numbers.Integral, 1, None, closed="left")],
-        "n_steps": [Interval(numbers.Integral, 1, None, closed="left")],
-        "n_steps_eval": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
-        "max_time": [Interval(numbers.Real, 0, None, closed="neither"), None],
-        "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
-        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"auto"})],
-        "ema_decay": [Interval(numbers.Real, 0, 1, closed="left")],
+        "alpha": [_Number(numbers.Real, 0, None, closed="neither")],
+        "alpha_hjb": [_Number(numbers.Real, 0, None, closed="left")],
+        "hidden_width": [_Number(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "n_layers": [_Number(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "rank": [_Number(numbers.Integral, 1, None, closed="left")],
+        "n_steps": [_Number(numbers.Integral, 1, None, closed="left")],
+        "n_steps_eval": [_Number(numbers.Integral, 1, None, closed="left"), None],
+        "max_iter": [_Number(numbers.Integral, 1, None, closed="left")],
+        "max_time": [_Number(numbers.Real, 0, None, closed="neither"), None],
+        "n_init": [_Number(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [_Number(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "learning_rate": [_Number(numbers.Real, 0, None, closed="neither")],
+        "weight_decay": [_Number(numbers.Real, 0, None, closed="left"), StrOptions({"auto"})],
+        "ema_decay": [_Number(numbers.Real, 0, 1, closed="left")],
         "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+        "validation_fraction": [_Number(numbers.Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [_Number(numbers.Integral, 1, None, closed="left")],
         "standardize": ["boolean"],
         "dtype": [StrOptions(set(_DTYPES))],
         "trace_precision": [StrOptions({"auto", "exact"})],
-        "callbacks": [list, None],
+        "callbacks": [list, None],  # of skorch callbacks: checked in _build_net
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
-        "device": [str, torch.device],
+        "device": [str, torch.device],  # 'cpu' or CUDA: checked in _build_net
         "verbose": ["verbose"],
     }
 
@@ -424,7 +436,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            A chunk of training data; at least 2 samples, finite values.
+            A chunk of training data, finite values; at least 2 samples in the first call (which may
+            fix the standardization), 1 in later calls.
         y : None
             Ignored; present for API consistency.
         mean : array-like of shape (n_features,), default=None
@@ -524,7 +537,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         (3, 2)
         """
         check_is_fitted(self)
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+        if not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         z = check_random_state(random_state).standard_normal((n_samples, self.n_features_in_))
         return self._run(z, inverse=True, keep=_latent_only)[0]
@@ -574,7 +587,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         (4, 2)
         """
         check_is_fitted(self)
-        Z = check_input(self, X, reset=False)
+        Z = check_input(self, X, reset=False, check_names=False)  # latent columns: their own names
         return self._run(Z, inverse=True, keep=_latent_only)[0]
 
     def flow_diagnostics(self, X):
@@ -610,7 +623,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
     def _fit(self, X):
         started = time.perf_counter()
         warm = self.warm_start and hasattr(self, "net_")
-        X = check_input(self, X, reset=not warm)
+        X = check_input(self, X, reset=not warm, min_samples=2)
         if not warm:
             self.mean_, self.scale_ = standardization(X, self.standardize)
         seeds = self._seeds(1 if warm else self.n_init)
@@ -621,7 +634,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         deadline = None if self.max_time is None else started + self.max_time
         seed = self._pick_initialization(X, seeds, deadline) if len(seeds) > 1 else seeds[0]
         net = self._build_net(seed, len(X), n_steps=steps, split_seed=seeds[0], deadline=deadline)
-        self._train(net, X, seed, initialize=True, start=start)
+        self._train(net, X, initialize=True, start=start)
         self.fit_time_ = time.perf_counter() - started
         if self.verbose:
             print(self._summary(), flush=True)
@@ -639,7 +652,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         for i, seed in enumerate(seeds):
             net = self._build_net(seed, len(X), split_seed=seeds[0], deadline=deadline, trial=True)
             try:
-                self._run_net(net, X, seed, initialize=True)
+                self._run_net(net, X, initialize=True)
                 key = "valid_nll" if "valid_nll" in net.history[-1] else "train_nll"
                 score = float(net.history[-1, key])
             except TrainingDiverged:
@@ -668,7 +681,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
 
     def _partial_fit(self, X, mean, scale):
         first = not hasattr(self, "net_")
-        X = check_input(self, X, reset=first)
+        X = check_input(self, X, reset=first, min_samples=2 if first else 1)
         if not first and (mean is not None or scale is not None):
             raise ValueError(
                 "mean and scale can only be given in the first call to partial_fit; the standardization "
@@ -690,8 +703,31 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
                 # as set_params records them (skorch's set_params refuses iterator parameters once
                 # the net is initialized): a pass over X per call, no budget
                 net.iterator_train__round_len = net.iterator_train__budget = None
+            self._continue_with_user_callbacks(net)
             self._continue_with_current_parameters(net, len(X))
-        return self._train(net, X, seed, initialize=first, epochs=1)
+        return self._train(net, X, initialize=first, epochs=1)
+
+    def _continue_with_user_callbacks(self, net: OTFlowNet) -> None:
+        """Give a continued ``net`` (a copy of ``net_``) the user's ``callbacks`` as they are now: the same
+        objects as the fitted net's where unchanged (not re-initialized, as skorch's ``partial_fit``
+        leaves them), new ones (``set_params(callbacks=...)`` since) initialized."""
+        used = {id(cb) for name, cb in self.net_.callbacks_ if name.startswith("user_")}
+        user = self._user_callbacks()
+        for _, cb in user:
+            if id(cb) not in used:
+                cb.initialize()
+        net.callbacks = [(n, cb) for n, cb in net.callbacks if not n.startswith("user_")] + user
+        net.callbacks_ = [(n, cb) for n, cb in net.callbacks_ if not n.startswith("user_")] + user
+
+    def _user_callbacks(self) -> list[tuple[str, Callback]]:
+        """``callbacks``, named for skorch (``user_0``, ...), each checked to be a skorch callback."""
+        for i, cb in enumerate(self.callbacks or []):
+            if not isinstance(cb, Callback):
+                raise ValueError(
+                    "callbacks must be a list of skorch.callbacks.Callback instances; got "
+                    f"{cb!r} ({type(cb).__name__}) at position {i}."
+                )
+        return [(f"user_{i}", cb) for i, cb in enumerate(self.callbacks or [])]
 
     def _continue_with_current_parameters(self, net: OTFlowNet, n_samples: int) -> None:
         """Apply the parameters that may change between ``partial_fit`` calls to a continued ``net``.
@@ -749,7 +785,6 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self,
         net: OTFlowNet,
         X: np.ndarray,
-        seed: int,
         initialize: bool,
         start: Potential | None = None,
         **fit_params,
@@ -760,7 +795,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         the same architecture whose weights to begin from instead of the random initialisation.
         """
         try:
-            self._run_net(net, X, seed, initialize, start, **fit_params)
+            self._run_net(net, X, initialize, start, **fit_params)
             self.stopped_by_ = _stop_reason(net)
         except TrainingDiverged as exc:
             self._recover(net, dict(net.callbacks_)["finite_guard"], exc)
@@ -794,16 +829,14 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         self,
         net: OTFlowNet,
         X: np.ndarray,
-        seed: int,
         initialize: bool,
         start: Potential | None = None,
         **fit_params,
     ) -> None:
-        """skorch's training of ``net`` on rows ``X`` (caller's units), seeded by ``seed``; see ``_train``."""
+        """skorch's training of ``net`` on rows ``X`` (caller's units); see ``_train``."""
         Xt = torch.as_tensor((X - self.mean_) / self.scale_, dtype=_DTYPES[self.dtype])
         work = self._width() * net.batch_size * (self.n_features_in_ + 1)  # entries of an activation
-        with thread_share(work) as rebalance, torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
+        with thread_share(work) as rebalance:
             if initialize:
                 net.initialize()
                 if start is not None:
@@ -811,6 +844,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             net.rebalance_threads_ = rebalance
             try:
                 net.partial_fit(Xt, **fit_params)
+            except Interrupted as exc:  # Ctrl-C: on to the caller, the estimator as it was before
+                raise exc.interrupt from None
             finally:
                 net.rebalance_threads_ = None
 
@@ -823,9 +858,16 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         """
         steps = self._eval_steps(self.n_steps_)
         limit = _MAX_EVAL_DOUBLINGS if self.n_steps_eval is None else 0
-        log_p = self._model_log_prob(X, steps).mean()
+        log_p = self._model_log_prob(X, steps, finite=False)
+        if not np.isfinite(log_p).all():  # the weights training ended with (or restored) are no model
+            raise ValueError(
+                f"Training diverged: the fitted flow gives {np.sum(~np.isfinite(log_p))} of {len(X)} "
+                "training rows a log-likelihood that is not finite. Try a smaller learning_rate, "
+                "standardize=True, or dtype='float64'."
+            )
+        log_p = log_p.mean()
         for doubling in range(limit + 1):
-            finer = self._model_log_prob(X, 2 * steps).mean()
+            finer = self._model_log_prob(X, 2 * steps, finite=False).mean()
             error = abs(log_p - finer)
             if error <= _MAX_INTEGRATION_ERROR or doubling == limit or not np.isfinite(finer):
                 break
@@ -836,9 +878,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         """The evaluation step count for training with ``n_steps``: ``n_steps_eval``, or twice it."""
         return self.n_steps_eval or 2 * n_steps
 
-    def _model_log_prob(self, X: np.ndarray, n_steps: int | None = None) -> np.ndarray:
+    def _model_log_prob(self, X: np.ndarray, n_steps: int | None = None, finite: bool = True) -> np.ndarray:
         """Log-density of rows ``X`` (caller's units) in the model's standardized coordinates."""
-        (log_p,) = self._run(X, n_steps=n_steps, keep=_log_prob_only)
+        (log_p,) = self._run(X, n_steps=n_steps, keep=_log_prob_only, finite=finite)
         return log_p
 
     @property
@@ -872,9 +914,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         step refinement, a pass over the rows per call, since the stream's length is unknown (an
         average restarted at each call would hold every chunk back to its starting weights)."""
         n_steps = n_steps or self.n_steps
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} was requested, but torch finds no CUDA device.")
+        device = _check_device(self.device)
         d = self.n_features_in_
         gemm_dtype = None
         if (
@@ -917,8 +957,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         if budget is not None and self.verbose and not trial:
             log_scale = float(np.log(self.scale_).sum())
             callbacks.append(("progress", Progress(budget, log_scale, type(self).__name__)))
-        for i, cb in enumerate(self.callbacks or []):
-            callbacks.append((f"user_{i}", cb))
+        callbacks += self._user_callbacks()
         split_seed = seed if split_seed is None else split_seed
         n_valid = min(math.ceil(self.validation_fraction * n_samples), _MAX_VALID_ROWS)
         split = ValidSplit(ShuffleSplit(1, test_size=n_valid, random_state=split_seed)) if validate else None
@@ -933,6 +972,7 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
             module__n_steps_eval=self._eval_steps(n_steps),
             module__dtype=_DTYPES[self.dtype],
             module__gemm_dtype=gemm_dtype,
+            module__seed=seed,
             criterion=OTFlowLoss,
             criterion__alpha=float(self.alpha),
             criterion__alpha_hjb=float(self.alpha_hjb),
@@ -976,14 +1016,15 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         return self._run(X, keep=keep)
 
     def _run(
-        self, X: np.ndarray, inverse: bool = False, n_steps: int | None = None, keep=None
+        self, X: np.ndarray, inverse: bool = False, n_steps: int | None = None, keep=None, finite: bool = True
     ) -> tuple[np.ndarray, ...]:
         """Flow rows in float64 through batches of bounded size; numpy outputs.
 
         Forward, ``X`` is data in the caller's units, standardized batch by batch; inverse, ``X`` is
         latent and the first output comes back in the caller's units. ``keep`` maps a batch's end state
         ``(z, ell, L, R)`` to the tensors to return (default: all four), so that only what the caller
-        needs is kept for every row. Memory beyond ``X`` and the outputs is one batch's worth.
+        needs is kept for every row. Memory beyond ``X`` and the outputs is one batch's worth. With
+        ``finite``, a row whose outputs are not finite (float64 overflows along its flow) raises.
         """
         # the net's device, not the parameter: skorch loads a CUDA-pickled net on the CPU where none exists
         device = torch.device(self.net_.device)
@@ -1005,6 +1046,8 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
                     outs = tuple(np.empty((X.shape[0], *part.shape[1:])) for part in parts)
                 for out, part in zip(outs, parts):
                     out[start : start + rows] = part
+        if finite:
+            _check_finite(outs, "latent points" if inverse else "rows")
         return outs
 
     def __sklearn_tags__(self):
@@ -1029,6 +1072,33 @@ def _kept_on_failure(estimator: OTFlowDensity):
         vars(estimator).clear()
         vars(estimator).update(previous)
         raise
+
+
+def _check_finite(outs: tuple[np.ndarray, ...], what: str) -> None:
+    """Raise where a row's outputs are not finite: float64 overflows along the flow of rows so far from
+    the training data (about 1e150 of its standard deviations) that no density is representable."""
+    bad = np.zeros(len(outs[0]), dtype=bool)
+    for out in outs:
+        bad |= ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"The flow overflows float64 for {bad.sum()} of {len(bad)} {what} (the first is row "
+            f"{np.flatnonzero(bad)[0]}): they lie too far from the training data for their results to "
+            "be represented. Expected rows within about 1e150 standard deviations of the training data."
+        )
+
+
+def _check_device(device) -> torch.device:
+    """``device`` as a torch device where training can run: the CPU, or CUDA where torch finds it."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>'; got {device!r} ({exc}).") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>'; got {str(device)!r}.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was requested, but torch finds no CUDA device.")
+    return device
 
 
 def _steps_run(history) -> int:

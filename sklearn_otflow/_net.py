@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from ._budget import StopTraining
 from ._dynamics import flow
 from ._loss import Objective, log_prob, weighted_objective
 from ._potential import Potential, reuse_scratch
@@ -43,6 +44,7 @@ __all__ = [
     "OTFlowLoss",
     "OTFlowNet",
     "TrainingDiverged",
+    "Interrupted",
     "FiniteGuard",
     "WeightAveraging",
     "StepRefinement",
@@ -63,9 +65,12 @@ class FlowModule(nn.Module):
         n_steps_eval: int | None = None,
         dtype: torch.dtype = torch.float32,
         gemm_dtype: torch.dtype | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.potential = Potential(n_features, width=width, n_layers=n_layers, rank=rank).to(dtype)
+        # a generator of its own: fits in concurrent threads neither race on torch's global one nor move it
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self.potential = Potential(n_features, width, n_layers, rank, generator).to(dtype)
         self.n_steps, self.n_steps_eval, self.gemm_dtype = n_steps, n_steps_eval or n_steps, gemm_dtype
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -90,9 +95,18 @@ class OTFlowNet(NeuralNet):
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         """skorch's loop, with each training integration's memory reused by the next
-        (:func:`~sklearn_otflow._potential.reuse_scratch`)."""
+        (:func:`~sklearn_otflow._potential.reuse_scratch`).
+
+        skorch's ``partial_fit`` swallows every ``KeyboardInterrupt``, which its callbacks raise to end
+        training; an interrupt (Ctrl-C) leaves the loop as :class:`Interrupted` instead, past it.
+        """
         with reuse_scratch():
-            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+            try:
+                return super().fit_loop(X, y, epochs=epochs, **fit_params)
+            except KeyboardInterrupt as exc:
+                if isinstance(exc, StopTraining) or _raised_by_callback(exc):
+                    raise
+                raise Interrupted(exc) from exc
 
     rebalance_threads_ = None  # set while training: see sklearn_otflow._threads.thread_share
 
@@ -142,6 +156,22 @@ def batch_loader(
 
 class TrainingDiverged(RuntimeError):
     """Raised inside the training loop when the loss stops being finite."""
+
+
+class Interrupted(Exception):
+    """An interrupt (Ctrl-C) on its way out of skorch's loop; ``interrupt`` is the ``KeyboardInterrupt``."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__("training was interrupted")
+        self.interrupt = interrupt
+
+
+def _raised_by_callback(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in a skorch callback's method (a user's ``EarlyStopping`` stopping)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and isinstance(tb.tb_frame.f_locals.get("self"), Callback)
 
 
 class FiniteGuard(Callback):

@@ -822,10 +822,14 @@ class Potential(nn.Module):
         Number :math:`M \geq 1` of residual layers (each initialised independently).
     rank : int, default=10
         Rank of :math:`A`; capped at :math:`d + 1`.
+    generator : torch.Generator or None, default=None
+        Draws the initial weights; ``None`` draws them from torch's global generator. With a generator
+        of its own the potential leaves the global one untouched, and its weights are those that the
+        global generator seeded alike would draw.
 
     Examples
     --------
-    >>> phi = Potential(2, width=8, n_layers=2)
+    >>> phi = Potential(2, width=8, n_layers=2, generator=torch.Generator().manual_seed(0))
     >>> x = torch.randn(5, 2)
     >>> phi(x, 0.5).shape
     torch.Size([5])
@@ -834,7 +838,14 @@ class Potential(nn.Module):
     (torch.Size([5, 3]), torch.Size([5]))
     """
 
-    def __init__(self, n_features: int, width: int = 32, n_layers: int = 1, rank: int = 10) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        width: int = 32,
+        n_layers: int = 1,
+        rank: int = 10,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if n_features < 1 or width < 1 or n_layers < 1 or rank < 1:
             raise ValueError(
@@ -844,16 +855,34 @@ class Potential(nn.Module):
         d = n_features
         self.n_features, self.width, self.n_layers = d, width, n_layers
         self.h = 1.0 / n_layers
-        self.opening = nn.Linear(d + 1, width)  # K_0, b_0
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(n_layers))  # K_i, b_i
-        self.A = nn.Parameter(torch.empty(min(rank, d + 1), d + 1))
-        nn.init.xavier_uniform_(self.A)
-        self.b = nn.Parameter(torch.zeros(d + 1))
-        self.c = nn.Parameter(torch.zeros(()))
-        # w = 0: the network starts switched off and the first flow is the quadratic's linear one. The
-        # reference code's w = 1 starts from a random nonlinear flow, worse than the identity on
-        # standardized data, out of which training fell to the identity and stayed (8gaussians, digits)
-        self.w = nn.Parameter(torch.zeros(width))
+        # built without drawing (on the meta device), then drawn by reset_parameters from `generator`
+        self.opening = nn.Linear(d + 1, width, device="meta")  # K_0, b_0
+        layers = (nn.Linear(width, width, device="meta") for _ in range(n_layers))
+        self.layers = nn.ModuleList(layers)  # K_i, b_i
+        self.A = nn.Parameter(torch.empty(min(rank, d + 1), d + 1, device="meta"))
+        self.b = nn.Parameter(torch.empty(d + 1, device="meta"))
+        self.c = nn.Parameter(torch.empty((), device="meta"))
+        self.w = nn.Parameter(torch.empty(width, device="meta"))
+        self.to_empty(device="cpu")
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        r"""Draw the initial weights, in the order and from the distributions of torch's defaults.
+
+        :math:`K_i, b_i`: :class:`torch.nn.Linear`'s (uniform on :math:`\pm 1/\sqrt{\text{fan-in}}`),
+        layer by layer; :math:`A`: Glorot-uniform; :math:`b, c` and :math:`w` zero. With :math:`w = 0`
+        the network starts switched off and the first flow is the quadratic's linear one (the reference
+        code's :math:`w = 1` starts from a random nonlinear flow, out of which training fell to the
+        identity and stayed there on 8gaussians and digits).
+        """
+        for linear in (self.opening, *self.layers):
+            nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+            bound = 1 / math.sqrt(linear.in_features)
+            nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+        nn.init.xavier_uniform_(self.A, generator=generator)
+        for zero in (self.b, self.c, self.w):
+            zero.zero_()
 
     def _s(self, x: Tensor, t: float | Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)

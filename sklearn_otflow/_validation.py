@@ -10,25 +10,41 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import check_array, validate_data
 
 __all__ = ["check_input", "standardization"]
 
 
-def check_input(estimator, X, *, reset: bool) -> np.ndarray:
-    """Validate ``X`` for ``estimator`` in scikit-learn's wording: 2-D, finite, numeric, float64.
+def check_input(estimator, X, *, reset: bool, min_samples: int = 1, check_names: bool = True) -> np.ndarray:
+    """Validate ``X`` for ``estimator`` in scikit-learn's wording: 2-D, finite, numeric, float64, at
+    least ``min_samples`` rows, and C-contiguous (a view with negative strides, ``X[::-1]``, is copied:
+    torch cannot share its memory).
 
-    ``reset=True`` (fit) records ``n_features_in_`` and asks for at least 2 samples; ``reset=False``
-    checks the number of features against the fitted one.
+    ``reset=True`` (fit) records ``n_features_in_``; ``reset=False`` checks the number of features
+    against the fitted one, and, with ``check_names``, the column names against those seen in fit
+    (latent points, in ``inverse_transform``, have names of their own).
     """
-    return validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_min_samples=2 if reset else 1)
+    if check_names or reset:
+        return validate_data(
+            estimator, X, reset=reset, dtype=np.float64, order="C", ensure_min_samples=min_samples
+        )
+    X = check_array(X, dtype=np.float64, order="C", ensure_min_samples=min_samples)
+    if X.shape[1] != estimator.n_features_in_:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {type(estimator).__name__} is expecting "
+            f"{estimator.n_features_in_} features as input."
+        )
+    return X
 
 
 def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature ``(mean, scale)``; ``(0, 1)`` when not ``enabled``.
 
-    A column with (numerically) zero variance keeps scale 1, with a warning: its density is degenerate
-    and the flow can only approximate a point mass there.
+    A column whose values are all equal (up to rounding: a spread within a few units in the last place
+    of its mean) keeps scale 1, with a warning: its density is degenerate and the flow can only
+    approximate a point mass there. A column of tiny but genuine spread (``1e-15`` around 0) is scaled
+    like any other. Both moments are computed on the column divided by a power of 2 near its largest
+    magnitude (exactly), so that data near float64's limits (``1e200``) do not overflow when squared.
 
     >>> mean, scale = standardization(np.array([[0.0, 1.0], [2.0, 3.0]]), enabled=True)
     >>> mean.shape, scale.shape
@@ -37,9 +53,10 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
     d = X.shape[1]
     if not enabled:
         return np.zeros(d), np.ones(d)
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    constant = std <= 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)
+    unit = np.ldexp(1.0, np.frexp(np.abs(X).max(axis=0))[1] - 1)  # a power of 2: exact to divide by
+    mean = (X / unit).mean(axis=0) * unit
+    std = (X / unit).std(axis=0) * unit
+    constant = std <= 10 * np.finfo(np.float64).eps * np.abs(mean)
     if constant.any():
         warnings.warn(
             f"Feature(s) {np.flatnonzero(constant).tolist()} are constant: their density is a point mass, "
