@@ -116,7 +116,8 @@ class Budget(Callback):
     the next minibatch and the validation that ends its round are done (both estimated from the last
     ones measured); that round is validated and ends as usual, and training stops where the next round
     would begin (:class:`StopTraining`, before any other callback sees the new round: the budget must be
-    the first callback). The history's ``lr`` column is each round's first learning rate.
+    the first callback). Training takes at least one step, however small the budget. The history's
+    ``lr`` column is each round's first learning rate.
 
     Parameters
     ----------
@@ -165,8 +166,9 @@ class Budget(Callback):
         return self.progress >= 1.0 - _DECAY_SHARE
 
     def exhausted(self) -> bool:
-        """Whether training should take no further minibatch (see the class docstring)."""
-        if self.stopped_by_ is None:
+        """Whether training should take no further minibatch (see the class docstring); never before
+        the first, so that a fit's model, its history and its validation are never empty."""
+        if self.stopped_by_ is None and self.iter_ > 0:
             ahead = 0.0 if self.batch_time_ is None else self.batch_time_ + self._validation_time()
             if self.iter_ >= self.stop_at * self.max_iter:
                 self.stopped_by_ = "max_iter"

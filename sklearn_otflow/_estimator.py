@@ -794,18 +794,33 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         ``initialize`` builds the net's module, optimiser and callbacks first; ``start``, a potential of
         the same architecture whose weights to begin from instead of the random initialisation.
         """
+        diverged = None
         try:
             self._run_net(net, X, initialize, start, **fit_params)
             self.stopped_by_ = _stop_reason(net)
         except TrainingDiverged as exc:
             self._recover(net, dict(net.callbacks_)["finite_guard"], exc)
-            self.stopped_by_ = "divergence"
+            self.stopped_by_, diverged = "divergence", exc
         self.net_ = net
         self.history_ = net.history
         self.n_iter_ = _steps_run(net.history)
         self.n_steps_ = net.module_.n_steps
         validated = self._eval_steps(self.n_steps_)  # the count validation ended with
         self._resolve_eval_steps(X[:512])
+        if diverged is not None:
+            if not self.integration_error_ <= _MAX_INTEGRATION_ERROR:  # the restored weights are no model
+                raise ValueError(
+                    f"Training diverged: {diverged}; the weights of the last round with a finite loss "
+                    f"give a flow that RK4 does not resolve (the training rows' mean log-likelihood moves "
+                    f"by {self.integration_error_:.3g} nats with twice its {self.n_steps_eval_} steps). "
+                    "Try a smaller learning_rate, standardize=True, or dtype='float64'."
+                ) from diverged
+            warnings.warn(
+                f"Training stopped: {diverged}. The weights of the last round with a finite loss were "
+                "restored.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
         if not self.integration_error_ <= _MAX_INTEGRATION_ERROR:  # also NaN
             warnings.warn(
                 f"RK4 with {self.n_steps_eval_} steps does not resolve the fitted flow: "
@@ -997,18 +1012,14 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         )
 
     def _recover(self, net, guard, exc) -> None:
-        """After a non-finite loss: restore the last finite round's weights with a warning, or raise."""
+        """After a non-finite loss: restore the last finite round's weights (``_train`` then checks that
+        they give a model), or raise if there are none."""
         if guard.best_state is None:
             raise ValueError(
                 f"Training diverged: {exc}, before any round finished with a finite loss. Try a smaller "
                 "learning_rate, standardize=True, or dtype='float64'."
             ) from exc
         net.module_.load_state_dict(guard.best_state)
-        warnings.warn(
-            f"Training stopped: {exc}. The weights of the last round with a finite loss were restored.",
-            RuntimeWarning,
-            stacklevel=6,
-        )
 
     def _flow(self, X, keep=None):
         check_is_fitted(self)

@@ -150,7 +150,9 @@ def batch_loader(
     """
     rows = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     batches = BatchSampler(rows, batch_size, drop_last=False)
-    # the generator also goes to the loader, which draws a base seed from it before the permutation
+    # the generator also goes to the loader, which draws a base seed from it before the permutation;
+    # without one, a generator of the loader's own keeps it off torch's global one
+    generator = torch.Generator() if generator is None else generator
     return DataLoader(dataset, batch_size=None, sampler=batches, generator=generator)
 
 

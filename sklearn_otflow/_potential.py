@@ -875,6 +875,13 @@ class Potential(nn.Module):
         the network starts switched off and the first flow is the quadratic's linear one (the reference
         code's :math:`w = 1` starts from a random nonlinear flow, out of which training fell to the
         identity and stayed there on 8gaussians and digits).
+
+        Examples
+        --------
+        >>> phi = Potential(2, width=8)
+        >>> phi.reset_parameters(torch.Generator().manual_seed(0))
+        >>> float(phi.w.abs().sum()), tuple(phi.A.shape)
+        (0.0, (3, 3))
         """
         for linear in (self.opening, *self.layers):
             nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)

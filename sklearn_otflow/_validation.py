@@ -41,9 +41,9 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
     """Per-feature ``(mean, scale)``; ``(0, 1)`` when not ``enabled``.
 
     A column whose values are all equal (up to rounding: a spread within a few units in the last place
-    of its mean) keeps scale 1, with a warning: its density is degenerate and the flow can only
-    approximate a point mass there. A column of tiny but genuine spread (``1e-15`` around 0) is scaled
-    like any other. Both moments are computed on the column divided by a power of 2 near its largest
+    of its mean) gets scale ``max(|mean|, 1)``, with a warning: its density is degenerate and the flow
+    can only approximate a point mass there. A column of tiny but genuine spread (``1e-15`` around 0)
+    is scaled like any other. Both moments are computed on the column divided by a power of 2 near its largest
     magnitude (exactly), so that data near float64's limits (``1e200``) do not overflow when squared.
 
     >>> mean, scale = standardization(np.array([[0.0, 1.0], [2.0, 3.0]]), enabled=True)
@@ -64,4 +64,5 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
             UserWarning,
             stacklevel=5,
         )
-    return mean, np.where(constant, 1.0, std)
+    # a constant column's rounding-level spread (up to 10 eps |mean|) must stay tiny once standardized
+    return mean, np.where(constant, np.maximum(np.abs(mean), 1.0), std)

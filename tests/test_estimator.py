@@ -494,12 +494,12 @@ def test_n_init_reports_each_trial_and_a_diverging_trial_loses(moons, monkeypatc
     trained = []
     original = OTFlowDensity._run_net
 
-    def run_net(self, net, X, seed, initialize, start=None, **fit_params):
-        trial = dict(net.callbacks)["budget"].stop_at < 1
+    def run_net(self, net, X, initialize, start=None, **fit_params):
+        trial, seed = dict(net.callbacks)["budget"].stop_at < 1, net.module__seed
         trained.append((seed, trial))
         if trial and seed != seeds[-1]:
             raise TrainingDiverged("the training loss became nan in round 1")
-        return original(self, net, X, seed, initialize, start, **fit_params)
+        return original(self, net, X, initialize, start, **fit_params)
 
     monkeypatch.setattr(OTFlowDensity, "_run_net", run_net)
     est = OTFlowDensity(max_iter=100, n_init=3, verbose=1, **SMALL).fit(moons)

@@ -169,15 +169,28 @@ def test_arrays_with_negative_strides_are_ordinary_arrays(moons):
         OTFlowDensity(**TINY).partial_fit(view)
 
 
-def test_a_diverged_fit_whose_restored_weights_are_not_finite_raises(fitted, moons):
+@pytest.mark.parametrize("learning_rate", [1e6, 1e3, 10.0])
+def test_a_diverged_fit_whose_restored_weights_are_no_model_raises(fitted, moons, monkeypatch, learning_rate):
+    """Rounds of one step: the first ends with a finite loss (computed before its update) and weights
+    that are no model (scores of -inf or -1e260); the second diverges and restores them."""
+    import sklearn_otflow._estimator as estimator_module
+
+    monkeypatch.setattr(estimator_module, "_VALIDATION_INTERVAL", 1)
     est = pickle.loads(pickle.dumps(fitted))
     before = est.score_samples(moons[:20])
     with pytest.raises(ValueError, match="Training diverged"):
-        est.set_params(learning_rate=1e6, early_stopping=False).fit(moons)
+        est.set_params(learning_rate=learning_rate, early_stopping=False).fit(moons)
     np.testing.assert_array_equal(est.score_samples(moons[:20]), before)
+
+
+def test_a_diverged_partial_fit_whose_restored_weights_are_no_model_raises(moons):
+    est = OTFlowDensity(**{**TINY, "batch_size": 32}).fit(moons)
+    est.set_params(learning_rate=1e3)
+    with pytest.warns(RuntimeWarning, match="does not resolve"):
+        est.partial_fit(moons[:32])  # one step: a finite loss, then weights that are no model
+    before = est.score_samples(moons[:20])
     with pytest.raises(ValueError, match="Training diverged"):
-        for _ in range(3):
-            est.set_params(learning_rate=10.0).partial_fit(moons)
+        est.partial_fit(moons[:32])  # diverges, and the weights it would restore are those
     np.testing.assert_array_equal(est.score_samples(moons[:20]), before)
 
 
@@ -274,6 +287,13 @@ def test_sample_counts_are_integers(fitted, n_samples):
 def test_devices_other_than_cpu_and_cuda_are_refused(moons, device):
     with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:<index>'"):
         OTFlowDensity(**{**TINY, "device": device}).fit(moons)
+
+
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_a_budget_too_small_for_one_step_still_takes_one(moons, n_init):
+    est = OTFlowDensity(**TINY, max_time=1e-9, n_init=n_init).fit(moons)
+    assert (est.n_iter_, est.stopped_by_, len(est.history_)) == (1, "max_time", 1)
+    assert np.isfinite(est.score(moons))
 
 
 def test_partial_fit_needs_two_rows_first_and_one_after(moons):
