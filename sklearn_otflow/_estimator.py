@@ -238,8 +238,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
         ``n_layers``, ``rank``) must be unchanged.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, minibatch order and the validation split, each drawn from a
-        generator of the fit's own. An int gives bit-identical fits on the CPU, also in concurrent
-        threads; the global torch random state is neither read nor moved.
+        generator of the fit's own. An int gives bit-identical fits on the CPU at the same thread
+        count, also in concurrent threads (see the user guide's Reliability section); the global torch
+        random state is neither read nor moved.
     device : str, default="cpu"
         Torch device, e.g. ``"cuda"``.
     verbose : int, default=0
