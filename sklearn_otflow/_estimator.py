@@ -49,13 +49,11 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class _Number(Interval):
-    """scikit-learn's :class:`Interval` without booleans and infinities: ``True`` is an ``int`` to
-    Python, but never a step count, width or loss weight."""
+    """scikit-learn's :class:`Interval` without booleans: ``True`` is an ``int`` to Python, but never a
+    step count, width or loss weight."""
 
     def is_satisfied_by(self, val):
-        if isinstance(val, (bool, np.bool_)) or not super().is_satisfied_by(val):
-            return False
-        return math.isfinite(val)  # inf is no learning rate or weight, and max_time=None is no limit
+        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
 
 
 def _fast_block_dtype(device: torch.device) -> torch.dtype | None:

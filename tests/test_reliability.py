@@ -272,7 +272,7 @@ def test_booleans_are_no_numbers(moons, name, value):
 
 @pytest.mark.parametrize("name", ["alpha", "learning_rate", "max_time", "alpha_hjb"])
 @pytest.mark.parametrize("value", [math.inf, math.nan])
-def test_infinities_and_nan_are_no_parameters(moons, name, value):
+def test_infinities_and_nan_are_no_parameters(moons, name, value):  # scikit-learn's Interval: a guard
     with pytest.raises(InvalidParameterError, match=f"'{name}' parameter"):
         OTFlowDensity(**{**TINY, name: value}).fit(moons)
 
