@@ -24,8 +24,12 @@ progress); this module only supplies what is specific to OT-Flow:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 from skorch import NeuralNet
@@ -98,14 +102,17 @@ class OTFlowNet(NeuralNet):
         (:func:`~sklearn_otflow._potential.reuse_scratch`).
 
         skorch's ``partial_fit`` swallows every ``KeyboardInterrupt``, which its callbacks raise to end
-        training; an interrupt (Ctrl-C) leaves the loop as :class:`Interrupted` instead, past it.
+        training; an interrupt (Ctrl-C) leaves the loop as :class:`Interrupted` instead, past it. An
+        interrupt is a ``KeyboardInterrupt`` that the SIGINT handler raised (seen by
+        :func:`_watching_sigint` in the main thread, wherever it lands, a callback included), or one that
+        no callback raised.
         """
-        with reuse_scratch():
+        with reuse_scratch(), _watching_sigint() as signalled:
             try:
                 return super().fit_loop(X, y, epochs=epochs, **fit_params)
             except KeyboardInterrupt as exc:
-                if isinstance(exc, StopTraining) or _raised_by_callback(exc):
-                    raise
+                if not signalled() and (isinstance(exc, StopTraining) or _raised_by_callback(exc)):
+                    raise  # a callback ending training
                 raise Interrupted(exc) from exc
 
     rebalance_threads_ = None  # set while training: see sklearn_otflow._threads.thread_share
@@ -166,6 +173,34 @@ class Interrupted(Exception):
     def __init__(self, interrupt: KeyboardInterrupt) -> None:
         super().__init__("training was interrupted")
         self.interrupt = interrupt
+
+
+@contextlib.contextmanager
+def _watching_sigint() -> Iterator[Callable[[], bool]]:
+    """Yield a function that says whether SIGINT (Ctrl-C) arrived in the block.
+
+    In the main thread, where Python delivers signals, the block's SIGINT handler records the signal
+    and then calls the handler it replaced (Python's default raises ``KeyboardInterrupt``); the old
+    handler is back when the block ends. Elsewhere, or where the handler is not Python's (``SIG_IGN``,
+    ``SIG_DFL``, or set outside Python), nothing is installed and the function says ``False``.
+    """
+    previous = (
+        signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    )
+    if not callable(previous):
+        yield lambda: False
+        return
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _raised_by_callback(exc: BaseException) -> bool:

@@ -8,6 +8,7 @@ calls, and booleans taken for numbers.
 
 import math
 import pickle
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import joblib
@@ -132,6 +133,29 @@ def test_an_interrupt_during_n_init_trials_is_honoured_at_once(moons, interrupt_
     with pytest.raises(KeyboardInterrupt):
         OTFlowDensity(**{**TINY, "n_init": 3, "max_iter": 500}).fit(moons)
     assert calls["n"] == 2  # no step after the interrupt
+
+
+class _CtrlCInACallback(Callback):
+    """Sends this process SIGINT, as Ctrl-C does, while a callback runs (at the third minibatch)."""
+
+    def initialize(self):
+        self.batches = 0
+        return self
+
+    def on_batch_end(self, net, **kwargs):
+        self.batches += 1
+        if self.batches == 3:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_while_a_callback_runs_is_an_interrupt_too(fitted, moons):
+    est = pickle.loads(pickle.dumps(fitted))
+    before = est.score_samples(moons[:20])
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        est.set_params(callbacks=[_CtrlCInACallback()]).fit(moons)
+    np.testing.assert_array_equal(est.score_samples(moons[:20]), before)
+    assert signal.getsignal(signal.SIGINT) is handler  # the fit's own handler is gone
 
 
 def test_a_users_early_stopping_still_just_stops_training(moons):
