@@ -129,7 +129,8 @@ read_only = base.copy()
 read_only.flags.writeable = False
 inputs["read-only"] = read_only
 
-MUST_WORK = {
+# every memory layout and container is legitimate, at fit and at scoring
+LAYOUTS = {
     "X[::-1]",
     "np.flip",
     "X[:, ::-1]",
@@ -140,32 +141,34 @@ MUST_WORK = {
     "df reversed",
     "df int columns",
     "list of lists",
-    "bool",
-    "int8",
-    "uint64",
-    "float16",
-    "float32",
-    "longdouble",
-    "object floats",
+}
+MUST_WORK = LAYOUTS | {
     "1e-15",
     "1e-300",
     "1e15",
     "1e154",
     "1e200",
     "1e300",
-    "offset 1e8",
-    "offset 1e300",
-    "huge range",
-    "two distinct rows",
-    "duplicates",
-    "two rows",
+    "bool",
+    "constant",
     "d=1",
     "d=10",
-    "constant",
-    "one constant column",
-    "numeric strings",
     "df Int64",
+    "duplicates",
+    "float16",
+    "float32",
+    "huge range",
+    "int8",
+    "longdouble",
+    "numeric strings",
+    "object floats",
+    "offset 1e300",
+    "offset 1e8",
+    "one constant column",
     "tensor",
+    "two distinct rows",
+    "two rows",
+    "uint64",
 }
 MUST_FAIL = {
     "nan",
@@ -205,28 +208,18 @@ score_inputs.update(
         "wrong names": pd.DataFrame(moons[:5], columns=["p", "q"]),
     }
 )
-SCORE_WORK = {
-    "X[::-1]",
-    "np.flip",
-    "X[:, ::-1]",
-    "fortran",
-    "strided",
-    "read-only",
-    "df",
-    "df reversed",
-    "df int columns",
-    "list of lists",
-    "bool",
-    "int8",
-    "float16",
-    "float32",
-    "object floats",
-    "one row",
-    "far 1e10",
-    "far 1e100",
+SCORE_WORK = LAYOUTS | {
     "1e-15",
+    "bool",
     "constant",
     "duplicates",
+    "far 1e10",
+    "far 1e100",
+    "float16",
+    "float32",
+    "int8",
+    "object floats",
+    "one row",
     "two rows",
 }
 for name, X in score_inputs.items():
