@@ -686,10 +686,9 @@ class OTFlowDensity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMi
                 "mean and scale can only be given in the first call to partial_fit; the standardization "
                 f"is fixed after it (mean_={self.mean_!r}, scale_={self.scale_!r})."
             )
-        seed = self._seed()
         if first:
             self.mean_, self.scale_ = _given_standardization(X, mean, scale, self.standardize)
-            net = self._build_net(seed, len(X), streaming=True)
+            net = self._build_net(self._seed(), len(X), streaming=True)
         else:
             net = copy.deepcopy(self.net_)  # see _kept_on_failure
             # a model from fit() continues without its budget, validation split, early stopping,
