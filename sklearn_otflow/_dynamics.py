@@ -14,47 +14,62 @@ from :math:`(x_0, 0, 0, 0)` at :math:`t = 0` to :math:`t = 1`:
 Hamilton-Jacobi-Bellman residual. The inverse map integrates the same field from :math:`t = 1` back to
 :math:`t = 0`.
 
-Without gradients, :func:`flow` runs :func:`odeint_rk4` on the field. Training differentiates through the
-whole integration as one autograd node (:class:`_RK4Flow`), whose backward pass is the chain rule of the
-RK4 steps and of the field written out: the same gradient as autograd's, in fewer operations.
+The integrator is a Butcher tableau (:data:`RK4`) and one generic explicit step. Without gradients,
+:func:`flow` runs :func:`odeint_rk4` on the field. Training differentiates through the whole integration
+as one autograd node (:class:`_Integration`), whose backward pass is the chain rule of the steps (the
+adjoint of the same tableau) and of the field written out: the same gradient as autograd's, in fewer
+operations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._potential import (
-    Potential,
-    TraceWork,
-    _block_entries,
-    add_grads,
-    deep,
-    grad_trace_backward,
-    grad_trace_forward,
-    one_layer,
-    prepare,
-    prepare_vjp,
-)
+from ._potential import Potential
+
+if TYPE_CHECKING:  # the field asks the potential for its tracer
+    from ._trace import Tracer
 
 __all__ = ["odeint_rk4", "flow"]
 
 State = tuple[Tensor, ...]
 
 
-def _axpy(y: State, a: float, k: State) -> State:
-    return tuple(yi + a * ki for yi, ki in zip(y, k))
+class Tableau(NamedTuple):
+    r"""An explicit Runge-Kutta method: stage :math:`i` evaluates
+    :math:`k_i = f(t + c_i h, y + h \sum_{j<i} a_{ij} k_j)` and the step is
+    :math:`y + \tfrac{h}{q} \sum_i b_i k_i`, the weights :math:`b_i` written as integers over their
+    common divisor :math:`q`, as the textbook writes them (and as they round)."""
+
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[int, ...]
+    divisor: int
 
 
-def rk4_step(f: Callable[[float, State], State], t: float, h: float, y: State) -> State:
-    r"""One classic Runge-Kutta step: :math:`y + \tfrac h6 (k_1 + 2k_2 + 2k_3 + k_4)`."""
-    k1 = f(t, y)
-    k2 = f(t + h / 2, _axpy(y, h / 2, k1))
-    k3 = f(t + h / 2, _axpy(y, h / 2, k2))
-    k4 = f(t + h, _axpy(y, h, k3))
-    return tuple(yi + (h / 6) * (a + 2 * b + 2 * c + e) for yi, a, b, c, e in zip(y, k1, k2, k3, k4))
+# The classic fourth-order method: y + h/6 (k1 + 2 k2 + 2 k3 + k4).
+RK4 = Tableau(c=(0.0, 0.5, 0.5, 1.0), a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1, 2, 2, 1), divisor=6)
+
+
+def rk_step(
+    f: Callable[[float, State], State], t: float, h: float, y: State, tableau: Tableau = RK4
+) -> State:
+    r"""One explicit Runge-Kutta step of ``tableau`` (default :data:`RK4`) from ``(t, y)``."""
+    ks: list[State] = []
+    for c, a in zip(tableau.c, tableau.a):
+        yi = y
+        for aij, kj in zip(a, ks):
+            if aij:
+                yi = tuple(yv + (aij * h) * kv for yv, kv in zip(yi, kj))
+        ks.append(f(t + c * h, yi))
+    total = [tableau.b[0] * kv for kv in ks[0]]
+    for bi, k in zip(tableau.b[1:], ks[1:]):
+        total = [sv + bi * kv for sv, kv in zip(total, k)]
+    return tuple(yv + (h / tableau.divisor) * sv for yv, sv in zip(y, total))
 
 
 def odeint_rk4(f: Callable[[float, State], State], y0: State, t0: float, t1: float, n_steps: int) -> State:
@@ -93,35 +108,21 @@ def odeint_rk4(f: Callable[[float, State], State], y0: State, t0: float, t1: flo
     h = (t1 - t0) / n_steps
     y = y0
     for k in range(n_steps):
-        y = rk4_step(f, t0 + k * h, h, y)
+        y = rk_step(f, t0 + k * h, h, y)
     return y
 
 
-def _field(
-    d: int,
-    h: float,
-    gd: torch.dtype,
-    block: int,
-    t: float,
-    y: Tensor,
-    params: tuple[Tensor, ...],
-    prepared,
-    work: TraceWork | None = None,
-):
+def _field(tracer: Tracer, t: float, y: Tensor, weight: float = 1.0):
     r"""The right-hand side :math:`(-\nabla_x\Phi, -\operatorname{tr}\nabla_x^2\Phi, \tfrac12|\nabla_x\Phi|^2,
     |\partial_t\Phi - \tfrac12|\nabla_x\Phi|^2|)` on the stacked state ``y`` (n, d + 3), and what
-    :func:`_field_vjp` needs to differentiate it.
-
-    ``params`` is :meth:`Potential._flat_parameters` and ``prepared``
-    :func:`~sklearn_otflow._potential.prepare` of them; ``gd``, ``block`` and ``work`` as in
-    :func:`~sklearn_otflow._potential.grad_trace_forward`.
+    :func:`_field_vjp` needs to differentiate it. ``tracer`` is the potential's for this integration;
+    ``weight`` the stage's weight in the step's update.
     """
-    n = y.shape[0]
-    slots = None if work is None else work.next_stage()
-    s = y.new_empty(d + 1, n) if slots is None else slots[0]  # (x, t), samples last
+    d, n = tracer.d, y.shape[0]
+    s = tracer.stage_input(y, n, weight)  # (x, t), samples last
     s[:d] = y[:, :d].t()
     s[d] = t
-    grad, trace, saved = grad_trace_forward(d, h, gd, block, s, params, prepared, work)
+    grad, trace, saved = tracer.forward(s)
     gx, gt = grad[:d], grad[d]
     dL = 0.5 * (gx * gx).sum(0)
     r = gt - dL
@@ -133,21 +134,18 @@ def _field(
     return out, (gx, torch.sign(r), saved)
 
 
-def _field_vjp(d: int, h: float, gd: torch.dtype, tape, G_out: Tensor, need_x: bool, w_done: bool = False):
-    """The vector-Jacobian product of :func:`_field` with ``G_out`` (n, d + 3).
-
-    Returns ``(G_x, G_params, G_prepared)``: ``G_x`` (n, d), a transposed view, with respect to the
-    state's ``x`` columns (``None`` unless ``need_x``; the other columns do not feed back into the
-    field), then the gradients with respect to ``params`` and to ``prepared``, as
-    :func:`~sklearn_otflow._potential.grad_trace_backward` returns them.
-    """
+def _field_vjp(tracer: Tracer, tape, G_out: Tensor, need_x: bool, w_done: bool = False) -> Tensor | None:
+    """The vector-Jacobian product of :func:`_field` with ``G_out`` (n, d + 3): the gradient with respect
+    to the state's ``x`` columns, (n, d), a transposed view (``None`` unless ``need_x``; the other columns
+    do not feed back into the field). The weights' share goes to ``tracer`` (:meth:`Tracer.backward`)."""
+    d = tracer.d
     gx, sign_r, saved = tape
     G_R = sign_r * G_out[:, d + 2]  # |r|, r = g_t - dL
     G = G_out.new_empty(d + 1, G_out.shape[0])  # gradient with respect to grad = (g_x, g_t)
     torch.addcmul(G_out[:, :d].t().neg(), gx, (G_out[:, d + 1] - G_R).unsqueeze(0), out=G[:d])  # -g_x, dL
     G[d] = G_R
-    G_s, G_params, G_prepared = grad_trace_backward(d, h, gd, saved, G, -G_out[:, d], need_x, w_done)
-    return None if G_s is None else G_s[:d].t(), G_params, G_prepared
+    G_s = tracer.backward(saved, G, -G_out[:, d], need_x, w_done)
+    return None if G_s is None else G_s[:d].t()
 
 
 def _keep_graph() -> bool:
@@ -161,138 +159,93 @@ def _keep_graph() -> bool:
 
 
 class _RK4Flow(torch.autograd.Function):
-    r"""``n_steps`` RK4 steps of the characteristics (:func:`_field`) as one autograd node.
+    r"""``n_steps`` steps of ``tableau`` (:data:`RK4`) on the characteristics (:func:`_field`) as one
+    autograd node.
 
     Training differentiates through the discrete integration (discretize, then optimize: the exact
-    gradient of the loss that RK4 computes). The forward pass runs :func:`rk4_step` and keeps each stage's
-    activations; the backward pass walks the steps in reverse with the chain rule of one RK4 step written
-    out. With :math:`y' = y + \tfrac h6(k_1 + 2k_2 + 2k_3 + k_4)` and :math:`k_i = f(y_i)`,
-    :math:`y_1 = y`, :math:`y_2 = y + \tfrac h2 k_1`, :math:`y_3 = y + \tfrac h2 k_2`,
-    :math:`y_4 = y + h k_3`:
+    gradient of the loss that the integrator computes). The forward pass runs :func:`rk_step` and keeps
+    each stage's activations; the backward pass walks the steps in reverse with the adjoint of one
+    step. With :math:`y' = y + \tfrac hq \sum_i b_i k_i`, :math:`k_i = f(y_i)` and
+    :math:`y_i = y + h \sum_{j<i} a_{ij} k_j`:
 
     .. math::
 
-        \bar k_4 = \tfrac h6 \bar y', \quad
-        \bar k_3 = \tfrac h3 \bar y' + h J_4^\top \bar k_4, \quad
-        \bar k_2 = \tfrac h3 \bar y' + \tfrac h2 J_3^\top \bar k_3, \quad
-        \bar k_1 = \tfrac h6 \bar y' + \tfrac h2 J_2^\top \bar k_2, \quad
+        \bar k_i = \tfrac hq b_i \bar y' + h \textstyle\sum_{j>i} a_{ji} J_j^\top \bar k_j, \qquad
         \bar y = \bar y' + \textstyle\sum_i J_i^\top \bar k_i,
 
-    :math:`J_i^\top \bar k_i` being :func:`_field_vjp` at stage :math:`i`. Autograd would record some 20
-    nodes per RK4 step besides the 4 stages and add up each parameter's gradient stage by stage; at a few
-    features a training step is bound by the number of operations, not their size. Each stage's
-    activations are released once its product is taken, unless the graph is retained (at d = 43, width
-    256, keeping them all to the end of the backward pass cost twice the page faults).
+    :math:`J_i^\top \bar k_i` being :func:`_field_vjp` at stage :math:`i`. Written out, a step is one
+    node instead of some twenty, and each weight's gradient is summed once per integration
+    (:meth:`Tracer.weight_grads`) rather than stage by stage. Each stage's activations are released once
+    its product is taken, unless the graph is retained.
 
-    Inputs: ``d``, ``h`` (the network's), ``gemm_dtype``, ``block``, ``t0``, ``t1``, ``n_steps``, the
-    state ``y0`` (n, d + 3), then :meth:`Potential._flat_parameters`.
+    Inputs: the potential's ``tracer`` (training), the ``tableau``, ``t0``, ``t1``, ``n_steps``, the
+    state ``y0`` (n, d + 3), then the tracer's weights (:meth:`Weights.flat`).
     """
 
     @staticmethod
-    def forward(ctx, d, h, gd, block, t0, t1, n_steps, y0, *params):
-        # the stages' shared scratch, which holds prepare()'s W and accumulates the trace's gradient with
-        # respect to it, each stage weighted as its k_i is in the RK4 update (see _one_layer_forward)
-        exact, work, (m, n) = gd == y0.dtype, None, (params[0].shape[0], y0.shape[0])
-        if one_layer(d, params, exact):
-            work = TraceWork(d, m, n, 4 * n_steps, block, params[0])
-        elif deep(d, params, n, exact):  # several layers: what the stages keep, in one allocation
-            work = TraceWork(d, m, n, 4 * n_steps, block, params[0], n_layers=(len(params) - 5) // 2)
-        tape, prepared = [], prepare(d, params, exact, None if work is None else work.W)
+    def forward(ctx, tracer, tableau, t0, t1, n_steps, y0, *flat):
+        tape, weights = [], [bi / tableau.divisor for bi in tableau.b]
 
         def f(t: float, y: State) -> State:
-            if work is not None:
-                work.weight = (1.0, 2.0, 2.0, 1.0)[len(tape) % 4] / 6.0
-            out, saved = _field(d, h, gd, block, t, y[0], params, prepared, work)
+            out, saved = _field(tracer, t, y[0], weights[len(tape) % len(weights)])
             tape.append(saved)
             return (out,)
 
         dt = (t1 - t0) / n_steps
         y = (y0,)
         for k in range(n_steps):
-            y = rk4_step(f, t0 + k * dt, dt, y)
-        ctx.d, ctx.h, ctx.gd, ctx.dt, ctx.n_steps, ctx.tape = d, h, gd, dt, n_steps, tape
-        ctx.w_sum = work.sum if work is not None and work.used else None
-        ctx.work = work
-        ctx.save_for_backward(*params)  # checked: the optimizer must not change them before backward
+            y = rk_step(f, t0 + k * dt, dt, y, tableau)
+        ctx.tracer, ctx.tableau, ctx.dt, ctx.n_steps, ctx.tape = tracer, tableau, dt, n_steps, tape
+        ctx.save_for_backward(*flat)  # checked: the optimizer must not change them before backward
         return y[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, G: Tensor):
         ctx.saved_tensors  # noqa: B018 -- raises on a changed parameter or a second backward
-        d, h, gd, dt, n_steps, tape = ctx.d, ctx.h, ctx.gd, ctx.dt, ctx.n_steps, ctx.tape
+        tracer, (_, a, b, q), dt, tape = ctx.tracer, ctx.tableau, ctx.dt, ctx.tape
+        d, n_stages = tracer.d, len(b)
         keep = _keep_graph()
         if not keep:  # each stage's activations go as soon as its product is taken, as autograd's would
             ctx.tape = None
-        need_y0 = ctx.needs_input_grad[7]
-        G_params, G_prepared = None, None
+        need_y0 = ctx.needs_input_grad[5]
         # the log-determinant feeds nothing back, so stage i of every step receives the gradient
-        # -dt b_i G[:, d] for its trace (b = 1/6, 1/3, 1/3, 1/6): where that is the same for every
-        # sample, as for a mean over the batch, the forward pass has summed the W part up (ctx.w_sum)
-        w_done = ctx.w_sum is not None and bool((G[:, d] == G[0, d]).all())
-        w_scale = -2.0 * dt * G[0, d].item() if w_done else 1.0  # see _one_layer_forward: 2 t_bar
+        # -dt b_i / q G[:, d] for its trace: where that is the same for every sample, as for a mean
+        # over the batch, the forward pass has summed the one-layer path's W part up (Tracer.w_sum)
+        w_done = tracer.w_sum is not None and bool((G[:, d] == G[0, d]).all())
+        w_scale = -2.0 * dt * G[0, d].item() if w_done else 1.0  # see _trace.one_layer: 2 t_bar
 
-        def vjp(stage: int, G_k: Tensor, need_x: bool = True):
-            nonlocal G_params, G_prepared
-            G_x, grads, grads_prepared = _field_vjp(d, h, gd, tape[stage], G_k, need_x, w_done)
-            if not keep:
-                tape[stage] = None
-            if G_params is None:
-                G_params, G_prepared = grads, list(grads_prepared)
-            else:
-                add_grads(G_params, grads)
-                add_grads(G_prepared, grads_prepared)
-            return G_x
-
-        for step in reversed(range(n_steps)):
-            i = 4 * step
-            G_k = G * (dt / 6)  # the update y + dt/6 (k1 + 2 k2 + 2 k3 + k4)
-            G_y = G.clone()
-            G_x = vjp(i + 3, G_k)
-            G_y[:, :d] += G_x
-            G_k3 = 2.0 * G_k
-            G_k3[:, :d].add_(G_x, alpha=dt)  # y_4 = y + dt k3
-            G_x = vjp(i + 2, G_k3)
-            G_y[:, :d] += G_x
-            G_k2 = 2.0 * G_k
-            G_k2[:, :d].add_(G_x, alpha=dt / 2)  # y_3 = y + dt/2 k2
-            G_x = vjp(i + 1, G_k2)
-            G_y[:, :d] += G_x
-            G_k[:, :d].add_(G_x, alpha=dt / 2)  # y_2 = y + dt/2 k1
-            G_x = vjp(i, G_k, need_y0 or step > 0)
-            if G_x is not None:
-                G_y[:, :d] += G_x
+        for step in reversed(range(ctx.n_steps)):
+            G_unit = G * (dt / q)  # the update y + dt/q sum_i b_i k_i
+            G_y, G_xs = G.clone(), [None] * n_stages
+            for i in reversed(range(n_stages)):
+                G_k = G_unit if i == 0 and b[0] == 1 else b[i] * G_unit
+                for j in range(i + 1, n_stages):  # y_j = y + dt sum_{i<j} a_ji k_i
+                    if a[j][i]:
+                        G_k[:, :d].add_(G_xs[j], alpha=a[j][i] * dt)
+                need_x = i > 0 or need_y0 or step > 0
+                G_xs[i] = _field_vjp(tracer, tape[n_stages * step + i], G_k, need_x, w_done)
+                if not keep:
+                    tape[n_stages * step + i] = None
+                if G_xs[i] is not None:
+                    G_y[:, :d] += G_xs[i]
             G = G_y
-        # the parameter-only quantities of prepare() are the same at every stage: their gradients,
-        # summed over the stages, go back to the parameters once
-        if w_done:  # no stage added a G_W
-            G_prepared[2] = ctx.w_sum
-        add_grads(G_params, prepare_vjp(d, ctx.saved_tensors, *G_prepared, w_scale=w_scale))
-        if not keep:  # as the tape: the next iteration's forward pass may run while this graph lives
-            ctx.w_sum = G_prepared = None
-            if ctx.work is not None:  # nothing returned is a view of it: the next integration may take it
-                ctx.work.release()
-            ctx.work = None
-        return (None,) * 7 + (G if need_y0 else None, *G_params)
+        # the weight-only quantities of the trace are the same at every stage: their gradients, summed
+        # over the stages, go back to the weights once
+        G_flat = tracer.weight_grads(w_done, w_scale)
+        if not keep:  # nothing returned is a view of the scratch: the next integration may take it
+            tracer.release()
+        return (None,) * 5 + (G if need_y0 else None, *G_flat)
 
 
-def ot_dynamics(
-    potential: Potential, gemm_dtype: torch.dtype | None = None
-) -> Callable[[float, State], State]:
+def _characteristics(tracer: Tracer) -> Callable[[float, State], State]:
     """The right-hand side of OT-Flow's characteristics on one stacked state ``[x, ell, L, R]`` (n, d + 3),
     for integration without gradients (training goes through :class:`_RK4Flow`).
 
-    Only ``x`` feeds back into the field, so the state is one tensor: every RK4 stage is one operation
-    on it instead of four.
+    Only ``x`` feeds back into the field, so the state is one tensor: every stage is one operation on it
+    instead of four.
     """
-    d, h, params = potential.n_features, potential.h, potential._flat_parameters()
-    prepared = prepare(d, params, exact=gemm_dtype in (None, params[0].dtype))
-
-    def f(t: float, y: State) -> State:
-        gd = gemm_dtype or y[0].dtype
-        return (_field(d, h, gd, _block_entries(gd), t, y[0], params, prepared)[0],)
-
-    return f
+    return lambda t, y: (_field(tracer, t, y[0])[0],)
 
 
 def flow(
@@ -346,12 +299,12 @@ def flow(
     d = x.shape[1]
     y0 = torch.cat([x, x.new_zeros(x.shape[0], 3)], 1)
     t0, t1 = (1.0, 0.0) if inverse else (0.0, 1.0)
-    params = potential._flat_parameters()
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+    gd, n = gemm_dtype or x.dtype, x.shape[0]
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in potential.parameters())):
         if n_steps < 1:
             raise ValueError(f"Expected n_steps >= 1, got {n_steps}.")
-        gd = gemm_dtype or x.dtype
-        y = _RK4Flow.apply(d, potential.h, gd, _block_entries(gd), t0, t1, n_steps, y0, *params)
+        tracer = potential.tracer(n, gd, n_stages=len(RK4.c) * n_steps, training=True)
+        y = _RK4Flow.apply(tracer, RK4, t0, t1, n_steps, y0, *tracer.p.flat())
     else:
-        (y,) = odeint_rk4(ot_dynamics(potential, gemm_dtype), (y0,), t0, t1, n_steps)
+        (y,) = odeint_rk4(_characteristics(potential.tracer(n, gd)), (y0,), t0, t1, n_steps)
     return y[:, :d], y[:, d], y[:, d + 1], y[:, d + 2]

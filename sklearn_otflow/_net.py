@@ -41,7 +41,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from ._budget import StopTraining
 from ._dynamics import flow
 from ._loss import Objective, log_prob, weighted_objective
-from ._potential import Potential, reuse_scratch
+from ._potential import Potential
+from ._trace import reuse_scratch
 
 __all__ = [
     "FlowModule",

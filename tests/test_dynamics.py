@@ -164,12 +164,12 @@ def test_training_gradients_through_the_flow_equal_autograd(
     with respect to W comes from the forward pass. Where its blocks are large, one layer keeps only five
     activations per stage, all stages' in one allocation (TraceWork.kept). Where they are small, several
     layers keep their blocks, in one allocation too; otherwise they compute them again."""
-    from sklearn_otflow import _potential
+    from sklearn_otflow._trace import base, kept_blocks, one_layer
 
-    monkeypatch.setattr(_potential, "_BLOCK", block)
+    monkeypatch.setattr(base, "BLOCK", block)
     if not keep_all:
-        monkeypatch.setattr(_potential, "_ONE_LAYER_BLOCK", 0)
-        monkeypatch.setattr(_potential, "_DEEP_BLOCK", 0)
+        monkeypatch.setattr(one_layer, "SMALL_BLOCK", 0)
+        monkeypatch.setattr(kept_blocks, "MAX_BLOCK", 0)
     phi = random_potential(d=3, width=6, n_layers=n_layers, seed=4)
     x = torch.randn(9, 3, dtype=F64, requires_grad=True)
     cot = torch.randn(9, 6, dtype=F64)  # weights on z, ell, L and R
@@ -235,7 +235,7 @@ def test_training_integrations_reuse_their_scratch_memory_only_within_a_fit(n_la
     """Within reuse_scratch() (a fit), an integration's one allocation goes to the next after the
     backward pass; the gradients do not change, a retained graph keeps its memory, and nothing stays
     allocated once the context ends."""
-    from sklearn_otflow import _potential
+    from sklearn_otflow._trace import scratch
 
     phi = random_potential(d=2, width=5, n_layers=n_layers, seed=10)
     xs = torch.randn(3, 6, 2, dtype=F64)
@@ -246,16 +246,16 @@ def test_training_integrations_reuse_their_scratch_memory_only_within_a_fit(n_la
         return torch.autograd.grad(z.sum() + ell.mean() + L.sum() + R.sum(), params, retain_graph=retain)
 
     plain = [grads(x) for x in xs]
-    with _potential.reuse_scratch():
+    with scratch.reuse_scratch():
         reused = [grads(x) for x in xs]
-        assert len(_potential._SPARE) == 1
-        taken = _potential._SPARE[0].data_ptr()
+        assert len(scratch._SPARE) == 1
+        taken = scratch._SPARE[0].data_ptr()
         z, ell, _, _ = flow(phi, xs[0], n_steps=2)  # takes it
-        assert not _potential._SPARE
+        assert not scratch._SPARE
         grads_kept = torch.autograd.grad(z.sum() + ell.mean(), params, retain_graph=True)
-        assert not _potential._SPARE  # the retained graph still holds it
-        assert z.grad_fn.next_functions[0][0].work._buffer.data_ptr() == taken
-    assert not _potential._SPARE
+        assert not scratch._SPARE  # the retained graph still holds it
+        assert z.grad_fn.next_functions[0][0].tracer.work._buffer.data_ptr() == taken
+    assert not scratch._SPARE
     for a, b in zip(plain, reused):
         for ga, gb in zip(a, b):
             assert torch.equal(ga, gb)

@@ -680,10 +680,10 @@ def test_auto_hidden_width_is_32_up_to_two_features_and_64_above(d, width):
 
 
 def test_fit_releases_the_scratch_memory_its_integrations_shared(moons):
-    from sklearn_otflow import _potential
+    from sklearn_otflow._trace import scratch
 
     OTFlowDensity(max_iter=10, **SMALL).fit(moons).partial_fit(moons)
-    assert not _potential._SPARE and not _potential._REUSE
+    assert not scratch._SPARE and not scratch._REUSE
 
 
 @pytest.mark.parametrize("d, layers", [(1, 2), (2, 2), (3, 1), (15, 1)])

@@ -1,11 +1,12 @@
-"""The potential's analytic gradient and Hessian trace against autograd, the slow obvious reference."""
+"""The potential: its value, initialisation, and its analytic gradient and Hessian trace against autograd,
+the slow obvious reference (each trace path against it: tests/test_trace.py)."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sklearn_otflow import Potential, _potential
+from sklearn_otflow import Potential
 from sklearn_otflow._potential import log_cosh
 
 F64 = torch.float64
@@ -53,54 +54,6 @@ def test_grad_and_trace_equal_autograd(d, width, n_layers, rank, n, t, x_scale, 
     assert grad.shape == (n, d + 1) and trace.shape == (n,)
     assert rel_err(grad, ref_grad) < 1e-10
     assert rel_err(trace, ref_trace) < 1e-10
-
-
-@pytest.mark.parametrize("n_layers", [1, 2, 3])
-@pytest.mark.parametrize("block", [1 << 20, 40])  # one chunk of samples, and many
-@pytest.mark.parametrize("keep_blocks", [True, False])  # several layers: _deep_forward, or the general path
-def test_parameter_gradients_through_the_trace_equal_autograd(n_layers, block, keep_blocks, monkeypatch):
-    """Training differentiates through grad_and_trace: its custom backward against double autograd."""
-    monkeypatch.setattr(_potential, "_BLOCK", block)
-    if not keep_blocks:
-        monkeypatch.setattr(_potential, "_DEEP_BLOCK", 0)
-    phi = random_potential(3, 6, n_layers, 4, seed=n_layers)
-    x = torch.randn(7, 3, dtype=F64, requires_grad=True)
-    weights = torch.randn(7, dtype=F64)
-    params = [p for name, p in phi.named_parameters() if name != "c"] + [x]
-
-    grad, trace = phi.grad_and_trace(x, 0.4)
-    ours = torch.autograd.grad((trace * weights).sum() + (grad**2).sum(), params)
-    ref_grad, ref_trace = autograd_grad_and_trace(phi, x, 0.4)
-    theirs = torch.autograd.grad((ref_trace * weights).sum() + (ref_grad**2).sum(), params)
-    for a, b in zip(ours, theirs):
-        assert rel_err(a, b) < 1e-10
-
-
-@pytest.mark.parametrize("n_layers", [1, 3])
-def test_evaluation_chunks_give_the_training_trace(n_layers, monkeypatch):
-    """Without autograd the trace runs over smaller (cache-sized) chunks of samples: same values. (Several
-    layers with small blocks take _deep_forward, without chunks: switched off here.)"""
-    monkeypatch.setattr(_potential, "_DEEP_BLOCK", 0)
-    phi = random_potential(3, 6, n_layers, 4, seed=n_layers)
-    x = torch.randn(50, 3, dtype=F64)
-    grad, trace = phi.grad_and_trace(x, 0.4)
-    monkeypatch.setattr(_potential, "_EVAL_BLOCK_BYTES", 8 * 3 * 6 * 7)  # chunks of 7 samples
-    with torch.no_grad():
-        grad_eval, trace_eval = phi.grad_and_trace(x, 0.4)
-    assert torch.equal(grad, grad_eval)
-    assert rel_err(trace_eval, trace) < 1e-14
-
-
-@pytest.mark.parametrize("n_layers", [2, 3])
-def test_several_layers_give_the_same_values_on_both_paths(n_layers, monkeypatch):
-    """Several layers with small blocks keep them (_deep_forward); larger ones take the general path."""
-    phi = random_potential(5, 7, n_layers, 4, seed=n_layers)
-    x = torch.randn(11, 5, dtype=F64)
-    kept = phi.grad_and_trace(x, -0.3)
-    monkeypatch.setattr(_potential, "_DEEP_BLOCK", 0)
-    general = phi.grad_and_trace(x, -0.3)
-    for a, b in zip(kept, general):
-        assert rel_err(a, b) < 1e-13
 
 
 def test_trace_backward_passes_gradcheck():
