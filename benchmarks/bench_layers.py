@@ -1,4 +1,4 @@
-r"""Time a training iteration with one, two and three residual layers, on each trace path.
+r"""Time a training iteration with one, two and three residual layers.
 
 One training iteration is ``zero_grad`` + :func:`sklearn_otflow._loss.objective` + ``loss.backward()``
 in float32 on one thread, as in ``OTFlowDensity``'s default fit of two-feature data: width 32, 256 rows,
@@ -7,12 +7,10 @@ in float32 on one thread, as in ``OTFlowDensity``'s default fit of two-feature d
 
 For each number of layers and each path, in its own subprocess:
 
-``kept``
-    the package as it is: one layer takes ``_one_layer_forward``; several layers with blocks of at
-    most ``_DEEP_BLOCK`` entries take ``_deep_forward``, which keeps them for the backward pass;
+``chosen``
+    the package as it is: one layer takes the one-layer trace path, several the general one;
 ``general``
-    ``_DEEP_BLOCK = 0``: several layers take the general path, which computes the blocks again in the
-    backward pass (the only path for several layers before ``_deep_forward``; one layer is unchanged).
+    the general path forced (``sklearn_otflow._trace.choose``), at one layer too.
 
 It prints the median milliseconds per iteration (the first ``--warmup`` discarded), the tensor
 operations per RK4 stage (torch's profiler over one iteration, view operations such as ``t`` or
@@ -52,12 +50,12 @@ def run_worker(
     """Time ``iters`` iterations here; ``"median_ms ops_per_stage faults_per_iteration"``."""
     from torch.profiler import profile
 
-    from sklearn_otflow import Potential, _potential
+    from sklearn_otflow import Potential, _trace
     from sklearn_otflow._loss import objective
 
     torch.set_num_threads(1)
     if path == "general":
-        _potential._DEEP_BLOCK = 0
+        _trace.choose = lambda *args: _trace.general
     torch.manual_seed(0)
     potential = Potential(d, width=width, n_layers=layers)
     with torch.no_grad():
@@ -69,7 +67,7 @@ def run_worker(
         objective(potential, x, 100.0, 1.0, nt).loss.backward()
 
     times = []
-    reuse = _potential.reuse_scratch()  # as in a fit (OTFlowNet.fit_loop)
+    reuse = _trace.reuse_scratch()  # as in a fit (OTFlowNet.fit_loop)
     reuse.__enter__()
     for i in range(warmup + iters):
         if i == warmup:
@@ -87,7 +85,7 @@ def run_worker(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--paths", nargs="+", default=["kept", "general"], choices=["kept", "general"])
+    parser.add_argument("--paths", nargs="+", default=["chosen", "general"], choices=["chosen", "general"])
     parser.add_argument("--d", type=int, default=2)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch", type=int, default=256)
@@ -110,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|---|---:|---:|---:|")
     for layers in args.layers:
         for path in args.paths:
-            if layers == 1 and path == "general":
-                continue  # one layer has its own path either way
+            if layers > 1 and path == "general":
+                continue  # several layers take the general path either way
             command = [sys.executable, __file__, "--worker", str(layers), path, "--d", str(args.d),
                        "--width", str(args.width), "--batch", str(args.batch), "--nt", str(args.nt),
                        "--iters", str(args.iters), "--warmup", str(args.warmup)]  # fmt: skip

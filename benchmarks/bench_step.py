@@ -3,10 +3,12 @@ r"""Time one OT-Flow training iteration and its peak memory, against the referen
 One training iteration is ``zero_grad`` + :func:`sklearn_otflow._loss.objective` (``alpha=100``,
 ``alpha_hjb=15``, RK4 with ``nt`` steps) + ``loss.backward()`` + one Adam step, in float32 on one thread,
 with a fixed seed and ``x = torch.randn(batch, d)``, the scratch memory of one integration reused by the
-next as in a fit (``_potential.reuse_scratch``). For each configuration
+next as in a fit (``_trace.reuse_scratch``). For each configuration
 
 * ``d=2,  m=32,  nt=8, batch=512`` and
-* ``d=43, m=256, nt=6, batch=512``
+* ``d=43, m=256, nt=6, batch=512`` (one residual layer), and the defaults' two shapes:
+* ``d=2,  m=32,  M=2, nt=8, batch=256`` (two features) and
+* ``d=10, m=64,  nt=8, batch=256`` (above two features)
 
 it measures these variants, each in its own subprocess (peak RSS is per process):
 
@@ -24,7 +26,10 @@ it measures these variants, each in its own subprocess (peak RSS is per process)
 ``exact float64``
     ``exact float32`` with the potential and the data in float64;
 ``exact float32, all threads``
-    ``exact float32`` with ``torch.set_num_threads(os.cpu_count())``.
+    ``exact float32`` with ``torch.set_num_threads(os.cpu_count())``;
+``general path``
+    ``exact float32`` with the trace's general path forced (``sklearn_otflow._trace.choose``): what each
+    specialized path (one layer; several layers with small blocks) gains over it.
 
 Each subprocess prints the median seconds per iteration (the first, warm-up iteration discarded) and the
 peak RSS in MB (``resource.getrusage(...).ru_maxrss``); this script prints a markdown table of them with
@@ -73,8 +78,8 @@ from torch import Tensor
 ALPHA, ALPHA_HJB, LEARNING_RATE, SEED = 100.0, 15.0, 0.01, 0
 
 EXACT, BF16, AUTOGRAD, REFERENCE = "exact float32", "bf16 blocks", "autograd trace", "reference"
-EXACT64, EXACT_ALL_THREADS = "exact float64", "exact float32, all threads"
-VARIANTS = (EXACT, BF16, AUTOGRAD, REFERENCE, EXACT64, EXACT_ALL_THREADS)
+EXACT64, EXACT_ALL_THREADS, GENERAL = "exact float64", "exact float32, all threads", "general path"
+VARIANTS = (EXACT, BF16, AUTOGRAD, REFERENCE, EXACT64, EXACT_ALL_THREADS, GENERAL)
 # command-line spelling of each variant (no spaces, so the worker's arguments stay simple)
 VARIANT_KEYS = {
     "exact": EXACT,
@@ -83,6 +88,7 @@ VARIANT_KEYS = {
     "reference": REFERENCE,
     "exact64": EXACT64,
     "exact-threads": EXACT_ALL_THREADS,
+    "general": GENERAL,
 }
 EVAL_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -98,14 +104,18 @@ class Case:
     batch: int
     slow_autograd: bool  # the autograd-trace variant runs ``--slow-iters`` iterations
     eval_rows: int  # rows scored and sampled by the throughput measurements (default of --eval-rows)
+    layers: int = 1  # residual layers M
 
     def label(self) -> str:
-        return f"d={self.d}, m={self.m}, nt={self.nt}, n={self.batch}"
+        layers = f", M={self.layers}" if self.layers > 1 else ""
+        return f"d={self.d}, m={self.m}{layers}, nt={self.nt}, n={self.batch}"
 
 
 CASES = (
     Case("d2", d=2, m=32, nt=8, batch=512, slow_autograd=False, eval_rows=65536),
     Case("d43", d=43, m=256, nt=6, batch=512, slow_autograd=True, eval_rows=4096),
+    Case("d2-default", d=2, m=32, nt=8, batch=256, slow_autograd=False, eval_rows=65536, layers=2),
+    Case("d10-default", d=10, m=64, nt=8, batch=256, slow_autograd=False, eval_rows=16384),
 )
 
 
@@ -179,18 +189,23 @@ def make_loss_fn(variant: str, potential: torch.nn.Module, nt: int) -> Callable[
     if variant == AUTOGRAD:
         return lambda x: autograd_objective(potential, x, nt)
     gemm_dtype = torch.bfloat16 if variant == BF16 else None
+    if variant == GENERAL:
+        from sklearn_otflow import _trace
+
+        _trace.choose = lambda *args: _trace.general
     return lambda x: objective(potential, x, ALPHA, ALPHA_HJB, nt, gemm_dtype=gemm_dtype).loss
 
 
-def run_worker(variant: str, d: int, m: int, nt: int, batch: int, iters: int) -> str:
+def run_worker(variant: str, d: int, m: int, nt: int, batch: int, iters: int, layers: int) -> str:
     """Time ``iters`` + 1 training iterations here; ``"median_seconds peak_rss_mb first_loss"``."""
-    from sklearn_otflow._potential import Potential, reuse_scratch
+    from sklearn_otflow._potential import Potential
+    from sklearn_otflow._trace import reuse_scratch
 
     torch.set_num_threads(os.cpu_count() if variant == EXACT_ALL_THREADS else 1)
     reuse_scratch().__enter__()  # as in a fit: each integration's scratch memory serves the next
     dtype = torch.float64 if variant == EXACT64 else torch.float32
     torch.manual_seed(SEED)
-    potential = Potential(d, width=m).to(dtype)
+    potential = Potential(d, width=m, n_layers=layers).to(dtype)
     optimizer = torch.optim.Adam(potential.parameters(), lr=LEARNING_RATE)
     loss_fn = make_loss_fn(variant, potential, nt)
     x = torch.randn(batch, d).to(dtype)
@@ -208,7 +223,7 @@ def run_worker(variant: str, d: int, m: int, nt: int, batch: int, iters: int) ->
     return f"{statistics.median(times[1:]):.4f} {peak_mb:.0f} {first_loss:.6g}"
 
 
-def run_eval_worker(dtype: str, threads: int, d: int, m: int, nt: int, rows: int) -> str:
+def run_eval_worker(dtype: str, threads: int, d: int, m: int, nt: int, rows: int, layers: int) -> str:
     """Rows per second of scoring and of sampling here; ``"score_rows_per_s sample_rows_per_s peak_mb"``."""
     from sklearn_otflow._dynamics import flow
     from sklearn_otflow._loss import log_prob
@@ -216,7 +231,7 @@ def run_eval_worker(dtype: str, threads: int, d: int, m: int, nt: int, rows: int
 
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
-    potential = Potential(d, width=m).to(EVAL_DTYPES[dtype])
+    potential = Potential(d, width=m, n_layers=layers).to(EVAL_DTYPES[dtype])
     n_steps, batch = 2 * nt, max(256, 2**17 // m)  # OTFlowDensity's evaluation steps and batch rows
     x = torch.randn(rows, d, dtype=EVAL_DTYPES[dtype])
 
@@ -281,7 +296,7 @@ def measure(case: Case, variant: str, iters: int, timeout: float) -> Result:
         cmd = [sys.executable, str(reference_script()), *sizes]
     else:
         key = next(k for k, v in VARIANT_KEYS.items() if v == variant)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", key, *sizes]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", key, *sizes, str(case.layers)]
     fields, note = run_child(cmd, timeout)
     if not fields:
         return Result(case, variant, note=note)
@@ -292,7 +307,7 @@ def measure(case: Case, variant: str, iters: int, timeout: float) -> Result:
 def measure_eval(case: Case, dtype: str, threads: int, rows: int, timeout: float) -> EvalResult:
     """One throughput measurement in a fresh subprocess."""
     sizes = [str(v) for v in (threads, case.d, case.m, case.nt, rows)]
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--eval-worker", dtype, *sizes]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--eval-worker", dtype, *sizes, str(case.layers)]
     fields, note = run_child(cmd, timeout)
     if not fields:
         return EvalResult(case, dtype, threads, note=note)
@@ -306,6 +321,8 @@ def skip_reason(case: Case, variant: str, args: argparse.Namespace) -> str | Non
         return "skipped: no AVX-512 BF16 or AMX on this CPU"
     if variant == AUTOGRAD and case.slow_autograd and args.skip_slow_autograd:
         return "skipped: --skip-slow-autograd"
+    if variant == REFERENCE and case.layers > 1:
+        return "skipped: the reference has one residual layer"
     if variant == REFERENCE and not reference_script().is_file():
         return f"skipped: {reference_script()} not found"
     return None
@@ -432,8 +449,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--eval-rows", type=int, help="rows scored and sampled (default: 65536 at d=2, 4096 at d=43)"
     )
-    parser.add_argument("--worker", nargs=6, metavar="X", help=argparse.SUPPRESS)
-    parser.add_argument("--eval-worker", nargs=6, metavar="X", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=7, metavar="X", help=argparse.SUPPRESS)
+    parser.add_argument("--eval-worker", nargs=7, metavar="X", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

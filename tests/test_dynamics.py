@@ -153,7 +153,7 @@ def autograd_field(phi: Potential):
 @pytest.mark.parametrize("n_layers", [1, 2])
 @pytest.mark.parametrize("block", [1 << 20, 40])  # the one-block path (M = 1), and chunks of samples
 @pytest.mark.parametrize("same_ell_weight", [False, True])  # True: the W part from the forward pass
-# False: one layer keeps 5 activations, in one buffer; two take the general path (blocks computed again)
+# False: one layer keeps 5 activations, in one buffer (two layers take the general path either way)
 @pytest.mark.parametrize("keep_all", [True, False])
 def test_training_gradients_through_the_flow_equal_autograd(
     n_layers, block, inverse, same_ell_weight, keep_all, monkeypatch
@@ -162,14 +162,13 @@ def test_training_gradients_through_the_flow_equal_autograd(
 
     Where ell's weight is the same for every sample (as in a mean loss), the one-layer trace's gradient
     with respect to W comes from the forward pass. Where its blocks are large, one layer keeps only five
-    activations per stage, all stages' in one allocation (TraceWork.kept). Where they are small, several
-    layers keep their blocks, in one allocation too; otherwise they compute them again."""
-    from sklearn_otflow._trace import base, kept_blocks, one_layer
+    activations per stage, all stages' in one allocation (TraceWork.kept). Several layers compute the
+    blocks again."""
+    from sklearn_otflow._trace import base, one_layer
 
     monkeypatch.setattr(base, "BLOCK", block)
     if not keep_all:
         monkeypatch.setattr(one_layer, "SMALL_BLOCK", 0)
-        monkeypatch.setattr(kept_blocks, "MAX_BLOCK", 0)
     phi = random_potential(d=3, width=6, n_layers=n_layers, seed=4)
     x = torch.randn(9, 3, dtype=F64, requires_grad=True)
     cot = torch.randn(9, 6, dtype=F64)  # weights on z, ell, L and R
@@ -230,14 +229,13 @@ def test_training_node_keeps_its_activations_only_for_a_retained_graph():
         torch.autograd.grad(loss, phi.w)
 
 
-@pytest.mark.parametrize("n_layers", [1, 2])
-def test_training_integrations_reuse_their_scratch_memory_only_within_a_fit(n_layers):
+def test_training_integrations_reuse_their_scratch_memory_only_within_a_fit():
     """Within reuse_scratch() (a fit), an integration's one allocation goes to the next after the
     backward pass; the gradients do not change, a retained graph keeps its memory, and nothing stays
-    allocated once the context ends."""
+    allocated once the context ends. (One layer: the path that keeps its stages in one allocation.)"""
     from sklearn_otflow._trace import scratch
 
-    phi = random_potential(d=2, width=5, n_layers=n_layers, seed=10)
+    phi = random_potential(d=2, width=5, n_layers=1, seed=10)
     xs = torch.randn(3, 6, 2, dtype=F64)
     params = [p for name, p in phi.named_parameters() if name != "c"]
 

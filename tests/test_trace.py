@@ -5,10 +5,10 @@ import torch
 from test_potential import F64, autograd_grad_and_trace, random_potential, rel_err
 
 from sklearn_otflow import _trace
-from sklearn_otflow._trace import base, general, kept_blocks, one_layer
+from sklearn_otflow._trace import base, general, one_layer
 
 # each kept path with the layer counts it serves (the general path serves all)
-PATHS = [(general, 1), (general, 2), (general, 3), (one_layer, 1), (kept_blocks, 2), (kept_blocks, 3)]
+PATHS = [(general, 1), (general, 2), (general, 3), (one_layer, 1)]
 
 
 def take(path, monkeypatch):
@@ -65,9 +65,8 @@ def test_every_path_gives_the_general_paths_values(path, n_layers, monkeypatch):
     [
         (3, 1, 10, True, one_layer),
         (3, 1, 10, False, general),  # bfloat16 blocks
-        (3, 2, 10, True, kept_blocks),
-        (3, 2, 10**5, True, general),  # blocks too large to keep
-        (3, 2, 10, False, general),
+        (3, 2, 10, True, general),
+        (3, 10**4, 10, True, general),  # W too large
     ],
 )
 def test_choose_takes_each_path_where_it_applies(d, n_layers, n, exact, path):

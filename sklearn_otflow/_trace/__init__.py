@@ -11,8 +11,8 @@ written out too, each path a ``forward`` and its ``backward``.
 The paths compute the same quantities:
 
 * :mod:`.general`: any number of layers and block precision, blocks recomputed in chunks;
-* :mod:`.one_layer`: one residual layer, blocks as products with one matrix of the weights;
-* :mod:`.kept_blocks`: several layers with small blocks, kept for the backward pass.
+* :mod:`.one_layer`: one residual layer, blocks as products with one matrix of the weights. It stays
+  because it pays at the defaults above two features (benchmarks page, "The defaults and why").
 
 :func:`choose` is the one place that picks a path; :class:`Tracer` runs one integration's worth of
 them (shared parameter-only quantities, scratch memory, summed gradients), and :func:`grad_and_trace`
@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import general, kept_blocks, one_layer
+from . import general, one_layer
 from .base import Weights, add_grads, block_entries, log_cosh
 from .scratch import TraceWork, reuse_scratch
 
@@ -35,13 +35,9 @@ __all__ = ["Tracer", "Weights", "block_entries", "grad_and_trace", "log_cosh", "
 
 
 def choose(d: int, p: Weights, n: int, exact: bool) -> ModuleType:
-    """The trace path for ``n`` samples: :mod:`.one_layer` or :mod:`.kept_blocks` where they apply
-    (``exact``: the blocks in the weights' precision), else :mod:`.general`."""
-    if one_layer.applies(d, p, exact):
-        return one_layer
-    if kept_blocks.applies(d, p, n, exact):
-        return kept_blocks
-    return general
+    """The trace path for ``n`` samples: :mod:`.one_layer` where it applies (``exact``: the blocks in
+    the weights' precision), else :mod:`.general`."""
+    return one_layer if one_layer.applies(d, p, exact) else general
 
 
 class Prepared(NamedTuple):
@@ -80,15 +76,13 @@ def prepare_vjp(d: int, p: Weights, G_AtA: Tensor, G_bsq, G_W, w_scale: float = 
     return grads
 
 
-def _scratch(path: ModuleType, d: int, m: int, n: int, M: int, n_stages: int, block: int, like: Tensor):
+def _scratch(path: ModuleType, d: int, m: int, n: int, n_stages: int, block: int, like: Tensor):
     """The :class:`TraceWork` that ``path`` keeps its stages in, or ``None`` (:mod:`.general`)."""
-    if path is one_layer:
-        rows = one_layer.feature_chunks(d, m, n, block)[0].stop  # the first chunk is the largest
-        n_acts = 12 if m * d * n <= one_layer.SMALL_BLOCK else 5
-        return TraceWork(d, m, n, n_stages, like, n_acts, matrix_shape=(d * m, m), block_entries=rows * n)
-    if path is kept_blocks:
-        return TraceWork(d, m, n, n_stages, like, 4 * M + 1, n_blocks=M)
-    return None
+    if path is not one_layer:
+        return None
+    rows = one_layer.feature_chunks(d, m, n, block)[0].stop  # the first chunk is the largest
+    n_acts = 12 if m * d * n <= one_layer.SMALL_BLOCK else 5
+    return TraceWork(d, m, n, n_stages, like, n_acts, matrix_shape=(d * m, m), block_entries=rows * n)
 
 
 class Tracer:
@@ -122,8 +116,7 @@ class Tracer:
     def __init__(self, p, d, h, gemm_dtype, block, n, n_stages=1, training=False) -> None:
         self.p, self.d, self.h, self.gd, self.block = p, d, h, gemm_dtype, block
         self.path = choose(d, p, n, gemm_dtype == p.K0.dtype)
-        m, M = p.K0.shape[0], len(p.Ks)
-        self.work = _scratch(self.path, d, m, n, M, n_stages, block, p.K0) if training else None
+        self.work = _scratch(self.path, d, p.K0.shape[0], n, n_stages, block, p.K0) if training else None
         with torch.no_grad():
             self.prepared = prepare(d, p, self.path, None if self.work is None else self.work.W)
         self._grads: list | None = None

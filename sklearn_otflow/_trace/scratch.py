@@ -60,11 +60,10 @@ class TraceWork:
     r"""Scratch that the ``n_stages`` stages of a training integration over ``n`` samples share.
 
     What each stage keeps for the backward pass (:meth:`next_stage`): its input :math:`s` and
-    :math:`\nabla_s\Phi`, (d + 1, n) each, ``n_acts`` (m, n) activations and ``n_blocks`` (m, d, n)
-    blocks. With ``matrix_shape`` (the one-layer path), also the path's matrix ``W`` of that shape,
-    ``sum``, which accumulates each stage's ``weight`` times the trace's gradient with
-    respect to it (``used`` says whether any stage added to it), and a buffer of ``block_entries`` for
-    one chunk of a stage's blocks (:meth:`blocks`).
+    :math:`\nabla_s\Phi`, (d + 1, n) each, and ``n_acts`` (m, n) activations. With ``matrix_shape``
+    (the one-layer path), also the path's matrix ``W`` of that shape, ``sum``, which accumulates each
+    stage's ``weight`` times the trace's gradient with respect to it (``used`` says whether any stage
+    added to it), and a buffer of ``block_entries`` for one chunk of a stage's blocks (:meth:`blocks`).
 
     All are slices of one allocation, each piece 64 bytes in, as a fresh tensor would start: the
     vectorized reductions then round as they do on fresh tensors, so the fits are the same as without
@@ -79,11 +78,10 @@ class TraceWork:
         n_stages: int,
         like: Tensor,
         n_acts: int,
-        n_blocks: int = 0,
         matrix_shape: tuple[int, int] | None = None,
         block_entries: int = 0,
     ) -> None:
-        self._shapes = [(d + 1, n), (d + 1, n)] + [(m, n)] * n_acts + [(m, d, n)] * n_blocks
+        self._shapes = [(d + 1, n), (d + 1, n)] + [(m, n)] * n_acts
         self._pieces = [_aligned(math.prod(shape)) for shape in self._shapes]
         per_stage = sum(self._pieces) if n_acts else 0
         matrix_entries = math.prod(matrix_shape) if matrix_shape else 0
@@ -98,19 +96,18 @@ class TraceWork:
         self.weight, self.used = 1.0, False
         self._blocks = blocks
         self._kept = kept.view(n_stages, per_stage) if per_stage else None
-        self._n_acts, self._stage = n_acts, 0
-        self.current: tuple[Tensor, Tensor, list[Tensor], list[Tensor]] | None = None
+        self._stage = 0
+        self.current: tuple[Tensor, Tensor, list[Tensor]] | None = None
 
-    def next_stage(self) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]] | None:
+    def next_stage(self) -> tuple[Tensor, Tensor, list[Tensor]] | None:
         r"""Moves on to the next stage; ``current`` becomes, and this returns, where the stage keeps
-        :math:`s` (d + 1, n), :math:`\nabla_s\Phi` (d + 1, n), its (m, n) activations (a list) and its
-        (m, d, n) blocks (a list), or ``None`` once the stages are all used."""
+        :math:`s` (d + 1, n), :math:`\nabla_s\Phi` (d + 1, n) and its (m, n) activations (a list), or
+        ``None`` once the stages are all used."""
         self.current = None
         if self._kept is not None and self._stage < self._kept.shape[0]:
             pieces = self._kept[self._stage].split(self._pieces)
             views = [p[: math.prod(shape)].view(shape) for p, shape in zip(pieces, self._shapes)]
-            k = 2 + self._n_acts
-            self.current = (views[0], views[1], views[2:k], views[k:])
+            self.current = (views[0], views[1], views[2:])
             self._stage += 1
         return self.current
 
