@@ -32,7 +32,7 @@ import numpy as np
 from _datasets import GENERATORS, load  # this directory is on sys.path when run as a script
 from sklearn.model_selection import train_test_split
 
-from sklearn_otflow import OTFlowDensity
+from sklearn_otflow import OTFlowDensity, _training
 
 TRIAL_EPOCHS = (5, 10, 15, 25)
 
@@ -42,7 +42,8 @@ def fit_candidate(name: str, seed: int, candidate: int, n_candidates: int) -> di
     X = load(name, 10_000, seed).X
     X_train, X_test = train_test_split(X, test_size=0.2, random_state=seed)
     est = OTFlowDensity(random_state=seed, n_init=n_candidates)
-    est._pick_initialization = lambda X, seeds: seeds[candidate]  # the fit of this candidate's seed
+    # the fit of this candidate's seed
+    _training._pick_initialization = lambda est, X, seeds, deadline=None: seeds[candidate]
     start = time.process_time()
     est.fit(X_train)
     seconds = time.process_time() - start

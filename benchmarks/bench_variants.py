@@ -48,10 +48,10 @@ import torch
 from sklearn.model_selection import train_test_split
 
 import sklearn_otflow._budget as budget_module
-import sklearn_otflow._estimator as estimator_module
+import sklearn_otflow._net as net_module
 from sklearn_otflow import OTFlowDensity
+from sklearn_otflow._callbacks import StepRefinement
 from sklearn_otflow._loss import log_prob
-from sklearn_otflow._net import StepRefinement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import load  # noqa: E402
@@ -162,7 +162,7 @@ def main() -> None:
     if args.variant in SCHEDULES:
         budget_module.lr_factor = SCHEDULES[args.variant]
     if args.variant == "step-down":
-        estimator_module.StepRefinement = StepsBothWays
+        net_module.StepRefinement = StepsBothWays
     if args.variant.startswith("start-"):
         _patch_start(args.variant)
     params = PARAMS.get(args.variant, {})

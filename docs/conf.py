@@ -104,5 +104,12 @@ def _check_every_public_name_is_documented(app, env):
             logging.getLogger(__name__).warning("the API reference (docs/api.rst) does not document %s", name)
 
 
+def _skip_foreign_members(app, what, name, obj, skip, options):
+    """Skip a class's callable member that the package does not define (scikit-learn's, torch's, tuple's)."""
+    ours = (getattr(obj, "__module__", None) or "").startswith("sklearn_otflow")
+    return True if what == "class" and callable(obj) and not ours else None
+
+
 def setup(app):
     app.connect("env-check-consistency", _check_every_public_name_is_documented)
+    app.connect("autodoc-skip-member", _skip_foreign_members)

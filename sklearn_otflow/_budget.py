@@ -4,8 +4,8 @@ skorch's loop runs epochs; here an "epoch" is a *round* of at most ``round_len``
 (:class:`BatchStream`, a shuffled stream of the rows that each round continues), followed by
 validation. :class:`Budget` counts the steps and the seconds, sets the learning rate from the share of
 the budget used (constant for 60 % of it, then a linear fall to 0) and ends training inside a round when
-time is up; :class:`EarlyStoppingInTheFall` is skorch's early stopping, counting only the rounds of that
-fall; :class:`Progress` shows the run as one progress bar (tqdm, as skorch's own).
+time is up. Early stopping in that fall and the progress bar are callbacks that read it
+(:mod:`sklearn_otflow._callbacks`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import math
 import time
 
 import torch
-from skorch.callbacks import Callback, EarlyStopping
+from skorch.callbacks import Callback
 from torch.utils.data import Dataset
 
-__all__ = ["BatchStream", "Budget", "EarlyStoppingInTheFall", "Progress", "StopTraining", "lr_factor"]
+__all__ = ["DECAY_SHARE", "BatchStream", "Budget", "StopTraining", "lr_factor"]
 
 
 class StopTraining(KeyboardInterrupt):
@@ -92,8 +92,9 @@ class BatchStream:
             yield self.dataset[self._next_rows()]
 
 
-# The learning rate is constant for the first 1 - _DECAY_SHARE of the budget, then falls linearly to 0.
-_DECAY_SHARE = 0.4
+# The learning rate is constant for the first 1 - DECAY_SHARE of the budget, then falls linearly to 0
+# (benchmarks page, "The defaults and why").
+DECAY_SHARE = 0.4
 
 
 def lr_factor(progress: float) -> float:
@@ -102,7 +103,7 @@ def lr_factor(progress: float) -> float:
     >>> [round(lr_factor(p), 6) for p in (0.0, 0.6, 0.8, 1.0)]
     [1.0, 1.0, 0.5, 0.0]
     """
-    return min(1.0, max(0.0, 1.0 - progress) / _DECAY_SHARE)
+    return min(1.0, max(0.0, 1.0 - progress) / DECAY_SHARE)
 
 
 class Budget(Callback):
@@ -163,7 +164,7 @@ class Budget(Callback):
 
     def falling(self) -> bool:
         """Whether the learning rate has begun its fall (the last 40 % of the budget)."""
-        return self.progress >= 1.0 - _DECAY_SHARE
+        return self.progress >= 1.0 - DECAY_SHARE
 
     def exhausted(self) -> bool:
         """Whether training should take no further minibatch (see the class docstring); never before
@@ -211,101 +212,3 @@ class Budget(Callback):
     def on_epoch_end(self, net, **kwargs):
         if self._valid_start is not None:
             self.valid_time_ = time.perf_counter() - self._valid_start
-
-
-class EarlyStoppingInTheFall(EarlyStopping):
-    """skorch's early stopping, counting only the rounds of the learning rate's fall.
-
-    While ``budget``'s learning rate is constant, a stall of the validation score is what the fall
-    resolves, so it stops nothing (the best weights are still kept). From the fall on, training stops
-    where the score has not improved for ``patience`` rounds and for half the fall (a fifth of the
-    budget: early in a long fall the rate is still near its peak, and the best score of the constant
-    phase takes a while to beat). ``budget=None`` is skorch's.
-    """
-
-    def __init__(self, budget: Budget | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.budget = budget
-
-    def on_train_begin(self, net, **kwargs):
-        super().on_train_begin(net, **kwargs)
-        self.since_ = 0.0  # the budget's progress at the last improvement or the fall's start
-
-    def on_epoch_end(self, net, **kwargs):
-        if self.budget is None:
-            try:
-                return super().on_epoch_end(net, **kwargs)
-            except KeyboardInterrupt:  # skorch's way to stop, not an interrupt
-                raise StopTraining from None
-        falling, progress = self.budget.falling(), self.budget.progress
-        try:
-            super().on_epoch_end(net, **kwargs)
-        except KeyboardInterrupt:
-            if falling and progress - self.since_ >= _DECAY_SHARE / 2 - 1e-9:
-                raise StopTraining from None
-            self.misses_ -= 1  # not yet: look again after the next round
-        if not falling or self.misses_ == 0:
-            self.since_ = progress
-        if not falling:
-            self.misses_ = 0
-
-
-class Progress(Callback):
-    """One progress bar for a whole training run (tqdm): the share of the budget used, elapsed time,
-    estimated time left, and the latest validation log-likelihood in the data's units.
-
-    Parameters
-    ----------
-    budget : Budget
-        The run's budget, whose progress the bar shows.
-    log_scale : float
-        :math:`\\sum_j \\log\\sigma_j` of the standardization: the data's log-likelihood is the model's
-        minus this.
-    desc : str
-        The bar's label.
-    """
-
-    def __init__(self, budget: Budget, log_scale: float = 0.0, desc: str = "OTFlowDensity") -> None:
-        self.budget, self.log_scale, self.desc = budget, log_scale, desc
-
-    def initialize(self):
-        self.bar_ = None
-        return self
-
-    def on_train_begin(self, net, **kwargs):
-        from tqdm.auto import tqdm
-
-        bar = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
-        self.bar_ = tqdm(total=1000, desc=self.desc, bar_format=bar, leave=True, dynamic_ncols=True)
-        self._postfix = {}
-
-    def _show(self) -> None:
-        target = round(1000 * self.budget.progress)
-        if target > self.bar_.n:
-            self.bar_.update(target - self.bar_.n)
-
-    def on_batch_end(self, net, training=False, **kwargs):
-        if training and self.bar_ is not None:
-            self._postfix["iter"] = self.budget.iter_
-            self._show()
-
-    def on_epoch_end(self, net, **kwargs):
-        if self.bar_ is None:
-            return
-        row = net.history[-1]
-        if "valid_nll" in row:
-            self._postfix["valid log-lik"] = f"{-row['valid_nll'] - self.log_scale:.4f}"
-        if "n_steps" in row:
-            self._postfix["RK4 steps"] = row["n_steps"]
-        self.bar_.set_postfix(self._postfix, refresh=False)
-        self._show()
-
-    def on_train_end(self, net, **kwargs):
-        if self.bar_ is not None:
-            self.bar_.close()
-            self.bar_ = None
-
-    def __getstate__(self):  # a fitted net is pickled; an open bar is not picklable
-        state = self.__dict__.copy()
-        state["bar_"] = None
-        return state

@@ -16,7 +16,7 @@ Hamilton-Jacobi-Bellman residual. The inverse map integrates the same field from
 
 The integrator is a Butcher tableau (:data:`RK4`) and one generic explicit step. Without gradients,
 :func:`flow` runs :func:`odeint_rk4` on the field. Training differentiates through the whole integration
-as one autograd node (:class:`_Integration`), whose backward pass is the chain rule of the steps (the
+as one autograd node (:class:`_RK4Flow`), whose backward pass is the chain rule of the steps (the
 adjoint of the same tableau) and of the field written out: the same gradient as autograd's, in fewer
 operations.
 """

@@ -1,60 +1,58 @@
-r"""The skorch side of training: a module that flows a batch, OT-Flow's loss as a criterion, and the net.
+r"""The skorch side of training: a module that flows a batch, OT-Flow's loss, and the net built from an
+estimator's parameters.
 
-skorch owns the loop (batches, validation split, callbacks, early stopping, learning-rate schedule,
-progress); this module only supplies what is specific to OT-Flow:
+skorch owns the loop (batches, validation split, callbacks, early stopping, progress); this module
+supplies what is specific to OT-Flow, on skorch's named override points:
 
 - :class:`FlowModule` pushes a batch along the flow: ``(z, ell, L, R)``; in training mode with the
   training step count and block precision, in evaluation mode (validation) exactly and with the
-  evaluation step count, so that early stopping sees the likelihood that ``score`` will report, not one
-  that a flow exploiting the training steps' discretization error can inflate.
+  evaluation step count, so that early stopping sees the likelihood that ``score`` will report.
 - :class:`OTFlowLoss` turns that into :math:`J = \operatorname{mean}[L + \alpha C + \alpha_{hjb} R]`.
 - :class:`OTFlowNet` records the three parts per batch (``train_nll``, ``valid_nll``, ...), which
-  :class:`skorch.callbacks.PassthroughScoring` turns into per-epoch history columns.
-- :func:`batch_loader` fetches each minibatch with one indexing of the rows, where torch's default
-  :class:`~torch.utils.data.DataLoader` fetches row by row and stacks them.
-- :class:`WeightAveraging` keeps an exponential moving average of the weights (torch's
-  :class:`~torch.optim.swa_utils.AveragedModel`), :math:`\bar\theta \leftarrow \beta_k\bar\theta +
-  (1-\beta_k)\theta` after optimiser step :math:`k`, and hands it to validation and to the fitted
-  model.
-- :class:`StepRefinement` gives training more RK4 steps once the flow starts to exploit the
-  discretization error of the ones it has.
-- The training budget (rounds of steps, the learning rate's schedule, early stopping in its fall, the
-  progress bar) is in :mod:`sklearn_otflow._budget`.
+  :class:`skorch.callbacks.PassthroughScoring` turns into per-round history columns (``get_loss``), and
+  tells an interrupt (Ctrl-C) from a callback's stop (``fit_loop``).
+- :func:`build_net` assembles the net that an :class:`~sklearn_otflow.OTFlowDensity`'s parameters
+  describe; :func:`continue_net` adapts a fitted one for ``partial_fit``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import signal
 import threading
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
+from sklearn.model_selection import ShuffleSplit
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping
+from skorch.callbacks import Callback, GradientNormClipping, PassthroughScoring
+from skorch.dataset import ValidSplit
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from ._budget import StopTraining
+from . import _auto
+from ._budget import BatchStream, Budget, StopTraining
+from ._callbacks import EarlyStoppingInTheFall, FiniteGuard, Progress, StepRefinement, WeightAveraging
 from ._dynamics import flow
-from ._loss import Objective, log_prob, weighted_objective
+from ._hardware import check_device
+from ._loss import Objective, weighted_objective
 from ._potential import Potential
 from ._trace import reuse_scratch
 
 __all__ = [
+    "DTYPES",
     "FlowModule",
+    "Interrupted",
     "OTFlowLoss",
     "OTFlowNet",
-    "TrainingDiverged",
-    "Interrupted",
-    "FiniteGuard",
-    "WeightAveraging",
-    "StepRefinement",
     "batch_loader",
+    "build_net",
+    "continue_net",
 ]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class FlowModule(nn.Module):
@@ -89,6 +87,10 @@ class OTFlowLoss(nn.Module):
 
     def __init__(self, alpha: float, alpha_hjb: float) -> None:
         super().__init__()
+        self.set_weights(alpha, alpha_hjb)
+
+    def set_weights(self, alpha: float, alpha_hjb: float) -> None:
+        """The loss weights, changed in place (skorch's ``set_params`` would re-create the optimiser)."""
         self.alpha, self.alpha_hjb = alpha, alpha_hjb
 
     def forward(self, y_pred: tuple[Tensor, ...], y_true=None) -> Objective:
@@ -100,7 +102,7 @@ class OTFlowNet(NeuralNet):
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         """skorch's loop, with each training integration's memory reused by the next
-        (:func:`~sklearn_otflow._potential.reuse_scratch`).
+        (:func:`~sklearn_otflow._trace.reuse_scratch`).
 
         skorch's ``partial_fit`` swallows every ``KeyboardInterrupt``, which its callbacks raise to end
         training; an interrupt (Ctrl-C) leaves the loop as :class:`Interrupted` instead, past it. An
@@ -116,7 +118,7 @@ class OTFlowNet(NeuralNet):
                     raise  # a callback ending training
                 raise Interrupted(exc) from exc
 
-    rebalance_threads_ = None  # set while training: see sklearn_otflow._threads.thread_share
+    rebalance_threads_ = None  # set while training: see sklearn_otflow._hardware.thread_share
 
     def on_epoch_begin(self, net, **kwargs):
         """skorch's new history row; then each round takes its share of the threads again."""
@@ -144,9 +146,8 @@ def batch_loader(
 
     The same batches, in the same order for the same ``generator``, as
     ``DataLoader(dataset, batch_size, shuffle=shuffle, generator=generator)``, which calls the dataset
-    once per row and stacks the rows: for a make_moons epoch (7,200 rows of 2 features) that took 35 ms
-    against 7 ms here, beside some 600 ms of training. skorch's datasets (and torch's ``Subset`` of
-    them, from the validation split) accept a list of row indices.
+    once per row and stacks the rows. skorch's datasets (and torch's ``Subset`` of them, from the
+    validation split) accept a list of row indices.
 
     Examples
     --------
@@ -162,10 +163,6 @@ def batch_loader(
     # without one, a generator of the loader's own keeps it off torch's global one
     generator = torch.Generator() if generator is None else generator
     return DataLoader(dataset, batch_size=None, sampler=batches, generator=generator)
-
-
-class TrainingDiverged(RuntimeError):
-    """Raised inside the training loop when the loss stops being finite."""
 
 
 class Interrupted(Exception):
@@ -212,180 +209,159 @@ def _raised_by_callback(exc: BaseException) -> bool:
     return tb is not None and isinstance(tb.tb_frame.f_locals.get("self"), Callback)
 
 
-class FiniteGuard(Callback):
-    """Stop at the first non-finite batch loss; keep the last weights that gave a finite epoch.
+# Parameters that weight decay leaves alone: the potential's (Potential.undecayed), as skorch's
+# optimizer__param_groups; "decayed" marks the groups for continue_net.
+_UNDECAYED = [(f"potential.{name}", {"weight_decay": 0.0, "decayed": False}) for name in Potential.undecayed]
 
-    After a stop, :attr:`best_state` holds the module's state at the end of the last finite epoch (or
-    ``None`` if there was none), and :attr:`epoch` the epoch in which the loss diverged.
+
+def build_net(
+    est,
+    seed: int,
+    n_samples: int,
+    streaming: bool = False,
+    n_steps: int | None = None,
+    split_seed: int | None = None,
+    deadline: float | None = None,
+    trial: bool = False,
+) -> OTFlowNet:
+    """The skorch net that ``est``'s parameters describe, for ``n_samples`` rows of ``n_features_in_``.
+
+    It trains with ``n_steps`` (default: the parameter) to start with, its minibatch order seeded by
+    ``seed`` and its validation split by ``split_seed`` (default: ``seed``), for a budget of
+    ``max_iter`` steps and until the ``deadline`` (a ``time.perf_counter()``); a ``trial`` (``n_init``)
+    stops after ``1 / TRIAL_SHARE`` of it, silently. With ``streaming`` (``partial_fit``), one without
+    budget, validation split, early stopping, learning-rate schedule, weight averaging or step
+    refinement, a pass over the rows per call, since the stream's length is unknown (an average
+    restarted at each call would hold every chunk back to its starting weights).
     """
+    n_steps = n_steps or est.n_steps
+    device, d = check_device(est.device), est.n_features_in_
+    width = _auto.width(est.hidden_width, d)
+    validate = est.early_stopping and not streaming
+    scores = [
+        PassthroughScoring(f"{prefix}_{name}", on_train=prefix == "train")
+        for prefix in (("train", "valid") if validate else ("train",))
+        for name in ("nll", "transport", "hjb")
+    ]
+    budget, callbacks = None, []
+    if not streaming:  # first: it ends training before any callback begins a round that won't run
+        budget = Budget(est.max_iter, deadline, stop_at=1 / _auto.TRIAL_SHARE if trial else 1.0)
+        callbacks.append(("budget", budget))
+    callbacks += [(score.name, score) for score in scores]
+    if not streaming:
+        if est.ema_decay > 0:  # before the callbacks that save weights at the end of a round
+            callbacks.append(("weight_averaging", WeightAveraging(est.ema_decay)))
+        # after the averaging: probes the weights that validation and the fitted model use
+        tolerance, refinements = _auto.STEP_TOLERANCE, _auto.MAX_STEP_REFINEMENTS
+        callbacks.append(
+            ("step_refinement", StepRefinement(tolerance, refinements, est.n_steps_eval is None))
+        )
+    callbacks += [
+        ("grad_clip", GradientNormClipping(_auto.clip_norm(est.alpha, est.alpha_hjb))),
+        ("finite_guard", FiniteGuard()),
+    ]
+    if validate:
+        stop = EarlyStoppingInTheFall(
+            budget,
+            monitor="valid_nll",
+            patience=math.ceil(est.n_iter_no_change / _auto.VALIDATION_INTERVAL),
+            threshold=0.0,
+            load_best=True,
+            sink=print if est.verbose >= 2 else _silent,
+        )
+        callbacks.append(("early_stopping", stop))
+    if budget is not None and est.verbose and not trial:
+        log_scale = float(np.log(est.scale_).sum())
+        callbacks.append(("progress", Progress(budget, log_scale, type(est).__name__)))
+    callbacks += user_callbacks(est.callbacks)
+    split_seed = seed if split_seed is None else split_seed
+    n_valid = min(math.ceil(est.validation_fraction * n_samples), _auto.MAX_VALID_ROWS)
+    split = ValidSplit(ShuffleSplit(1, test_size=n_valid, random_state=split_seed)) if validate else None
+    rounds = 1 if streaming else math.ceil(est.max_iter / _auto.VALIDATION_INTERVAL)
+    return OTFlowNet(
+        FlowModule,
+        module__n_features=d,
+        module__width=width,
+        module__n_layers=_auto.n_layers(est.n_layers, d),
+        module__rank=est.rank,
+        module__n_steps=n_steps,
+        module__n_steps_eval=est.n_steps_eval or 2 * n_steps,
+        module__dtype=DTYPES[est.dtype],
+        module__gemm_dtype=_auto.gemm_dtype(est.trace_precision, est.dtype, width, d, device),
+        module__seed=seed,
+        criterion=OTFlowLoss,
+        criterion__alpha=float(est.alpha),
+        criterion__alpha_hjb=float(est.alpha_hjb),
+        optimizer=torch.optim.AdamW,
+        optimizer__weight_decay=_auto.weight_decay(est.weight_decay, d),
+        optimizer__param_groups=_UNDECAYED,
+        lr=est.learning_rate,
+        max_epochs=rounds,
+        batch_size=_auto.batch_rows(
+            est.batch_size, est.validation_fraction, n_samples, None if streaming else validate
+        ),
+        iterator_train=BatchStream,
+        iterator_train__generator=torch.Generator().manual_seed(seed),
+        iterator_train__round_len=None if streaming else _auto.VALIDATION_INTERVAL,
+        iterator_train__budget=budget,
+        # validation is evaluation: no gradients, so score's batches (fewer tensor operations)
+        iterator_valid=batch_loader,
+        iterator_valid__batch_size=_auto.eval_rows(width),
+        train_split=split,
+        callbacks=callbacks,
+        predict_nonlinearity=None,
+        verbose=int(est.verbose >= 2 and not trial),
+        device=device,
+    )
 
-    def initialize(self):
-        self.best_state, self.epoch = None, None
-        return self
 
-    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
-        if loss is not None and not math.isfinite(loss.item()):
-            self.epoch = len(net.history)
-            kind = "training" if training else "validation"
-            raise TrainingDiverged(f"the {kind} loss became {loss.item()} in round {self.epoch}")
+def continue_net(est, net: OTFlowNet, n_samples: int) -> None:
+    """Adapt ``net``, a copy of ``est``'s fitted net, for one more ``partial_fit`` pass over
+    ``n_samples`` rows.
 
-    def on_epoch_end(self, net, **kwargs):
-        losses = [net.history[-1].get(key) for key in ("train_loss", "valid_loss")]
-        if all(value is None or math.isfinite(value) for value in losses):
-            self.best_state = copy.deepcopy(net.module_.state_dict())
-
-
-class WeightAveraging(Callback):
-    r"""Exponential moving average of the weights: trained with the raw ones, validated and kept averaged.
-
-    After optimiser step :math:`k = 1, 2, \dots`, :math:`\bar\theta \leftarrow \beta_k\bar\theta +
-    (1-\beta_k)\theta` with :math:`\beta_k = \min(\beta, k / (k + 9))` (the first step copies
-    :math:`\theta`). The warm-up in :math:`\beta_k`, as in TensorFlow's ``ExponentialMovingAverage``
-    with ``num_updates``, keeps a short fit from being averaged with its random initial weights. From the
-    first validation batch of an epoch to the start of the next one, the module holds :math:`\bar\theta`,
-    so validation, early stopping's best weights, :class:`FiniteGuard` and the model left after training
-    all see the average; the raw weights, which the optimiser's moments belong to, come back before
-    the next training batch. Averaging smooths the epoch-to-epoch noise of a high learning rate: the
-    validation likelihood stops swinging, and early stopping picks a better epoch (see the benchmarks
-    page).
-
-    Parameters
-    ----------
-    decay : float
-        :math:`\beta`, per optimiser step; ``1 / (1 - decay)`` steps is the average's memory.
+    A net from ``fit`` continues without its budget, validation split, early stopping, schedule and
+    weight averaging, a pass over the rows per call. The user's ``callbacks`` are taken as they are
+    now: the fitted net's objects where unchanged (not re-initialized, as skorch's ``partial_fit``
+    leaves them), new ones initialized. The parameters that may change between calls (learning rate,
+    weight decay, batch size, loss weights) are applied without re-creating the optimiser, whose
+    moments carry over.
     """
-
-    def __init__(self, decay: float) -> None:
-        self.decay = decay
-
-    def initialize(self):
-        self.average_, self.raw_ = None, None
-        return self
-
-    def on_train_begin(self, net, **kwargs):
-        self.average_ = AveragedModel(net.module_, multi_avg_fn=self._update)
-        self.raw_ = None
-
-    def on_epoch_begin(self, net, **kwargs):
-        if self.raw_ is not None:  # back to the weights that training left
-            _copy(net.module_.parameters(), self.raw_)
-            self.raw_ = None
-
-    def on_batch_end(self, net, training=False, **kwargs):
-        if training:
-            self.average_.update_parameters(net.module_)
-
-    def on_batch_begin(self, net, training=False, **kwargs):
-        if not training:
-            self._hold_average(net)
-
-    def on_epoch_end(self, net, **kwargs):
-        self._hold_average(net)  # also without validation: the epoch ends on the average
-
-    def on_train_end(self, net, **kwargs):
-        self.average_, self.raw_ = None, None  # the module keeps the average; the copies go
-
-    @torch.no_grad()
-    def _update(self, averages: list[Tensor], params: list[Tensor], n_averaged: Tensor) -> None:
-        """AveragedModel's ``multi_avg_fn``: called from step ``k = n_averaged + 1`` on (step 1 copies)."""
-        k = n_averaged.item() + 1  # one read of the counter per step (a device sync on a GPU)
-        beta = min(self.decay, k / (k + 9))
-        for average, param in zip(averages, params, strict=True):
-            average.lerp_(param, 1.0 - beta)
-
-    def _hold_average(self, net) -> None:
-        if self.raw_ is None and self.average_.n_averaged.item() > 0:
-            self.raw_ = [p.detach().clone() for p in net.module_.parameters()]
-            _copy(net.module_.parameters(), list(self.average_.module.parameters()))
+    built_in = ("budget", "progress", "early_stopping", "weight_averaging", "step_refinement")
+    off = {f"callbacks__{name}": None for name in built_in if name in dict(net.callbacks_)}
+    if off or net.train_split is not None:
+        net.set_params(train_split=None, **off).initialize_callbacks()
+        # as set_params records them (skorch's set_params refuses iterator parameters once the net is
+        # initialized): a pass over the rows per call, no budget
+        net.iterator_train__round_len = net.iterator_train__budget = None
+    used = {id(cb) for name, cb in est.net_.callbacks_ if name.startswith("user_")}
+    user = user_callbacks(est.callbacks)
+    for _, cb in user:
+        if id(cb) not in used:
+            cb.initialize()
+    net.callbacks = [(n, cb) for n, cb in net.callbacks if not n.startswith("user_")] + user
+    net.callbacks_ = [(n, cb) for n, cb in net.callbacks_ if not n.startswith("user_")] + user
+    decay = _auto.weight_decay(est.weight_decay, est.n_features_in_)
+    net.set_params(lr=est.learning_rate, batch_size=_auto.batch_rows(est.batch_size, 0.0, n_samples, None))
+    for group in net.optimizer_.param_groups:
+        if group.get("decayed", True):
+            group["weight_decay"] = decay
+    net.optimizer__weight_decay = decay  # as set_params records it, for a later re-build
+    alpha, alpha_hjb = float(est.alpha), float(est.alpha_hjb)
+    net.criterion__alpha, net.criterion__alpha_hjb = alpha, alpha_hjb  # the same, for a re-build
+    net.criterion_.set_weights(alpha, alpha_hjb)
+    dict(net.callbacks_)["grad_clip"].gradient_clip_value = _auto.clip_norm(est.alpha, est.alpha_hjb)
 
 
-class StepRefinement(Callback):
-    r"""After each epoch, more RK4 steps for training where the flow has begun to exploit its steps.
-
-    Training minimises the loss of an :math:`n`-step RK4 integration, and a flow can lower that loss by
-    growing stiff where :math:`n` steps underestimate its negative log-likelihood, instead of fitting the
-    data better. Measured on make_moons (one seed, 8 steps): from epoch 50 on the training NLL fell while
-    the validation NLL rose; by epoch 77 the raw weights' NLL was 0.80 nats with 8 steps and 2.65 with
-    64 (standardized units), and early stopping had kept epoch 54's flow, which scored -0.384. At the
-    end of every epoch this callback integrates a fixed probe of training rows with :math:`n` and
-    :math:`2n` steps (the module's weights, without gradients); when their mean NLLs differ by more
-    than ``tolerance`` nats, training continues with :math:`\lceil 1.5\,n \rceil` steps (and, where
-    the evaluation count follows the training one, validation with twice that, the epoch's
-    ``valid_nll`` and :class:`~skorch.callbacks.EarlyStopping`'s best score being measured again with
-    the new count), at most ``max_refinements`` times. The same seed then scored -0.331, in 311 s
-    instead of 162 (the extra steps cost time). The history records each epoch's ``n_steps``.
-
-    Parameters
-    ----------
-    tolerance : float
-        Largest change of the probe's mean NLL, in nats, from :math:`n` to :math:`2n` steps.
-    max_refinements : int
-        Most times the step count grows in one training run.
-    eval_follows : bool
-        Set the module's evaluation (validation) step count to twice the new training count.
-    probe_rows : int
-        Training rows in the probe, evenly strided over the data.
-    """
-
-    def __init__(
-        self, tolerance: float, max_refinements: int, eval_follows: bool, probe_rows: int = 128
-    ) -> None:
-        self.tolerance, self.max_refinements = tolerance, max_refinements
-        self.eval_follows, self.probe_rows = eval_follows, probe_rows
-
-    def initialize(self):
-        self.probe_, self.refinements_ = None, 0
-        return self
-
-    def on_train_begin(self, net, X=None, **kwargs):
-        stride = max(1, len(X) // self.probe_rows)
-        self.probe_ = torch.as_tensor(X[::stride][: self.probe_rows], device=net.device)
-        self.refinements_ = 0
-
-    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
-        module = net.module_
-        n = module.n_steps
-        if self.refinements_ < self.max_refinements:
-            with torch.no_grad():
-                coarse, fine = (
-                    -log_prob(module.potential, self.probe_, steps).mean().item() for steps in (n, 2 * n)
-                )
-            if not abs(coarse - fine) <= self.tolerance:  # also NaN: FiniteGuard deals with that
-                module.n_steps = math.ceil(1.5 * n)
-                if self.eval_follows and 2 * module.n_steps > module.n_steps_eval:
-                    module.n_steps_eval = 2 * module.n_steps
-                    if dataset_valid is not None:
-                        self._revalidate(net, dataset_valid)
-                self.refinements_ += 1
-        net.history.record("n_steps", n)
-
-    @staticmethod
-    def _revalidate(net, dataset_valid) -> None:
-        """Validation has a new step count: this epoch's ``valid_nll`` and early stopping's best score
-        are measured again with it, so that early stopping goes on comparing like with like (a flow that
-        exploits the old count scores better with it)."""
-        net.history.record("valid_nll", _valid_nll(net, dataset_valid))
-        for _, cb in net.callbacks_:
-            if isinstance(cb, EarlyStopping) and cb.best_model_weights_ is not None:
-                current = copy.deepcopy(net.module_.state_dict())
-                net.module_.load_state_dict(cb.best_model_weights_)
-                cb.dynamic_threshold_ = cb._calc_new_threshold(_valid_nll(net, dataset_valid))
-                net.module_.load_state_dict(current)
+def user_callbacks(callbacks) -> list[tuple[str, Callback]]:
+    """``callbacks``, named for skorch (``user_0``, ...), each checked to be a skorch callback."""
+    for i, cb in enumerate(callbacks or []):
+        if not isinstance(cb, Callback):
+            raise ValueError(
+                "callbacks must be a list of skorch.callbacks.Callback instances; got "
+                f"{cb!r} ({type(cb).__name__}) at position {i}."
+            )
+    return [(f"user_{i}", cb) for i, cb in enumerate(callbacks or [])]
 
 
-@torch.no_grad()
-def _valid_nll(net, dataset) -> float:
-    """Mean negative log-likelihood of ``dataset`` under ``net``'s module, with its evaluation steps, as
-    validation computes it (``valid_nll``)."""
-    module, total, rows = net.module_, 0.0, 0
-    for X, _ in net.get_iterator(dataset, training=False):
-        X = torch.as_tensor(X, device=net.device)
-        total -= log_prob(module.potential, X, module.n_steps_eval).sum().item()
-        rows += len(X)
-    return total / rows
-
-
-@torch.no_grad()
-def _copy(targets, sources) -> None:
-    for target, source in zip(targets, sources, strict=True):
-        target.copy_(source)
+def _silent(*args, **kwargs) -> None:
+    """A sink for skorch's early-stopping message (the history records it)."""

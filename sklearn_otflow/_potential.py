@@ -97,9 +97,9 @@ class Potential(nn.Module):
 
         :math:`K_i, b_i`: :class:`torch.nn.Linear`'s (uniform on :math:`\pm 1/\sqrt{\text{fan-in}}`),
         layer by layer; :math:`A`: Glorot-uniform; :math:`b, c` and :math:`w` zero. With :math:`w = 0`
-        the network starts switched off and the first flow is the quadratic's linear one (the reference
-        code's :math:`w = 1` starts from a random nonlinear flow, out of which training fell to the
-        identity and stayed there on 8gaussians and digits).
+        the network starts switched off and the first flow is the quadratic's linear one, rather than
+        the reference code's random nonlinear flow (:math:`w = 1`; evidence: the benchmarks page, "The
+        defaults and why").
 
         Examples
         --------
@@ -177,7 +177,14 @@ class Potential(nn.Module):
         return grad.t(), trace
 
     def weights(self) -> Weights:
-        """The parameters by name, as the trace paths read them (the constant :math:`c` aside)."""
+        """The parameters by name, as the trace paths read them (the constant :math:`c` aside).
+
+        Examples
+        --------
+        >>> weights = Potential(3, width=8, n_layers=2).weights()
+        >>> tuple(weights.K0.shape), len(weights.Ks)
+        ((8, 4), 2)
+        """
         Ks = tuple(layer.weight for layer in self.layers)
         bs = tuple(layer.bias for layer in self.layers)
         return Weights(self.opening.weight, self.opening.bias, self.w, self.A, self.b, Ks, bs)
@@ -185,7 +192,15 @@ class Potential(nn.Module):
     def tracer(self, n: int, gemm_dtype: torch.dtype, n_stages: int = 1, training: bool = False) -> Tracer:
         """The gradient and trace at every stage of one integration over ``n`` samples
         (:class:`~sklearn_otflow._trace.Tracer`); ``training`` keeps ``n_stages`` stages for a
-        backward pass."""
+        backward pass.
+
+        Examples
+        --------
+        >>> tracer = Potential(3, width=8).tracer(5, torch.float32)
+        >>> grad, trace, _ = tracer.forward(torch.randn(4, 5))  # s = (x, t): (d + 1, n), samples last
+        >>> tuple(grad.shape), tuple(trace.shape)
+        ((4, 5), (5,))
+        """
         weights, block = self.weights(), block_entries(gemm_dtype)
         return Tracer(weights, self.n_features, self.h, gemm_dtype, block, n, n_stages, training)
 

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 from sklearn.utils.validation import check_array, validate_data
 
-__all__ = ["check_input", "standardization"]
+__all__ = ["check_input", "given_standardization", "standardization"]
 
 
 def check_input(estimator, X, *, reset: bool, min_samples: int = 1, check_names: bool = True) -> np.ndarray:
@@ -66,3 +66,21 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
         )
     # a constant column's rounding-level spread (up to 10 eps |mean|) must stay tiny once standardized
     return mean, np.where(constant, np.maximum(np.abs(mean), 1.0), std)
+
+
+def given_standardization(X: np.ndarray, mean, scale, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, scale)`` given by the caller, checked; else ``X``'s own (see ``standardization``)."""
+    if mean is None and scale is None:
+        return standardization(X, enabled)
+    d = X.shape[1]
+    if mean is None or scale is None:
+        raise ValueError(f"Expected both mean and scale or neither; got mean={mean!r}, scale={scale!r}.")
+    mean, scale = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (mean, scale))
+    if mean.shape != (d,) or scale.shape != (d,):
+        raise ValueError(
+            f"Expected mean and scale of shape ({d},) for X with {d} features; "
+            f"got shapes {mean.shape} and {scale.shape}."
+        )
+    if not (np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError(f"Expected finite mean and finite positive scale; got mean={mean}, scale={scale}.")
+    return mean, scale

@@ -6,6 +6,9 @@ shared machine several threads per process oversubscribe the cores.
 
 import pytest
 import torch
+from sklearn.datasets import make_moons
+
+import sklearn_otflow._auto as auto_module
 
 torch.set_num_threads(1)
 
@@ -20,3 +23,17 @@ def device(request) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         pytest.skip("CUDA requested but no GPU is available")
     return torch.device(name)
+
+
+@pytest.fixture(scope="module")
+def moons():
+    return make_moons(600, noise=0.05, random_state=0)[0]
+
+
+@pytest.fixture(scope="module")
+def rounds_of_one_pass():
+    """Validation after every 5 steps: one pass over the 540 training rows of ``moons`` in 128-row
+    minibatches, so that a round of the tests that use it is an epoch, as their figures were set."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(auto_module, "VALIDATION_INTERVAL", 5)
+        yield

@@ -1,15 +1,14 @@
 """The training budget: optimizer steps and seconds, not passes over the data (``max_iter``, ``max_time``)."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from skorch.callbacks import Callback
 from skorch.dataset import Dataset
 
+import sklearn_otflow._auto as auto_module
 import sklearn_otflow._budget as budget_module
-import sklearn_otflow._estimator as estimator_module
+import sklearn_otflow._training as training_module
 from sklearn_otflow import OTFlowDensity
 from sklearn_otflow._budget import BatchStream
 
@@ -74,7 +73,7 @@ def test_max_time_ends_training_by_the_deadline_and_anneals_by_the_clock(monkeyp
     the deadline; the learning rate anneals over the seconds; the best validated weights are kept."""
     clock = _Clock()
     monkeypatch.setattr(budget_module, "time", clock)
-    monkeypatch.setattr(estimator_module, "time", clock)
+    monkeypatch.setattr(training_module, "time", clock)
     start = clock.now
     tick = _Tick(clock, step=0.1, valid=0.25)  # 100 rows of validation: one batch
     X = np.random.default_rng(0).normal(size=(1_000, 2))
@@ -96,7 +95,7 @@ def test_the_first_round_is_cut_by_a_short_deadline(monkeypatch):
     """Before any validation has been timed, its cost is estimated from the training steps' time per row."""
     clock = _Clock()
     monkeypatch.setattr(budget_module, "time", clock)
-    monkeypatch.setattr(estimator_module, "time", clock)
+    monkeypatch.setattr(training_module, "time", clock)
     start = clock.now
     tick = _Tick(clock, step=0.1, valid=0.1)  # 100 validation rows cost as much as 64 training rows
     X = np.random.default_rng(0).normal(size=(1_000, 2))
@@ -109,7 +108,7 @@ def test_a_trial_of_n_init_runs_the_first_25th_of_the_budget(monkeypatch):
     """With max_time, each trial stops after 1/25 of it, and the winner's fit ends by the deadline."""
     clock = _Clock()
     monkeypatch.setattr(budget_module, "time", clock)
-    monkeypatch.setattr(estimator_module, "time", clock)
+    monkeypatch.setattr(training_module, "time", clock)
     start = clock.now
     runs = []
 
@@ -142,21 +141,6 @@ def test_batch_stream_continues_its_pass_across_rounds():
     assert [len(X) for X, _ in whole] == [4, 4, 2]
 
 
-def test_progress_shows_the_budget_and_a_summary(capsys):
-    X = np.random.default_rng(0).normal(size=(300, 2))
-    est = OTFlowDensity(max_iter=150, verbose=1, **TINY).fit(X)
-    out, err = capsys.readouterr()
-    assert "OTFlowDensity: 100%" in err and "valid log-lik=" in err  # the bar, on stderr
-    best = int(np.argmin(est.history_[:, "valid_nll"]))
-    log_lik = -est.history_[best, "valid_nll"] - np.log(est.scale_).sum()
-    assert out == (
-        f"OTFlowDensity: 150 steps in {est.fit_time_:.1f} s, stopped by max_iter; best validation "
-        f"log-likelihood {log_lik:.4f} per sample at step {est.history_[best, 'iter']}; RK4 steps "
-        f"{est.n_steps_} in training, {est.n_steps_eval_} in evaluation.\n"
-    )
-    assert math.isfinite(est.fit_time_)
-
-
 def test_budget_parameters_are_validated():
     X = np.zeros((10, 2))
     for params, match in [
@@ -170,42 +154,7 @@ def test_budget_parameters_are_validated():
 
 
 def test_the_interval_of_validation_is_the_estimators(monkeypatch):
-    monkeypatch.setattr(estimator_module, "_VALIDATION_INTERVAL", 7)
+    monkeypatch.setattr(auto_module, "VALIDATION_INTERVAL", 7)
     X = np.random.default_rng(0).normal(size=(300, 2))
     est = OTFlowDensity(max_iter=20, **TINY).fit(X)
     assert list(est.history_[:, "iter"]) == [7, 14, 20]
-
-
-def test_early_stopping_counts_the_rounds_of_the_fall_only():
-    """A validation score that stalls while the learning rate is constant stops nothing (the fall is what
-    resolves a plateau); during the fall, n_iter_no_change steps without improvement, and half the fall
-    (a fifth of the budget), stop training."""
-    budget = budget_module.Budget(1_000)
-    budget.on_train_begin(None)
-    budget.iter_ = 599
-    assert not budget.falling()
-    budget.iter_ = 600
-    assert budget.falling()
-
-    X = np.random.default_rng(0).normal(size=(500, 2))
-    # a rate so small that the validation score never moves after the first round: the constant phase
-    # runs through (its last round ends at 1,100 steps); two rounds of the fall without improvement are
-    # not enough, a fifth of the budget (400 steps) after 1,100 is
-    est = OTFlowDensity(max_iter=2_000, learning_rate=1e-12, n_iter_no_change=200, **TINY).fit(X)
-    assert est.stopped_by_ == "early stopping" and est.n_iter_ == 1_500
-    assert est.history_[0, "valid_nll_best"] and not any(est.history_[1:, "valid_nll_best"])
-    # skorch's own early stopping would have stopped after the first two rounds without improvement
-    plain = OTFlowDensity(max_iter=2_000, learning_rate=1e-12, n_iter_no_change=200, **TINY)
-    plain._build_net = _with_plain_early_stopping(plain._build_net)
-    assert plain.fit(X).n_iter_ == 300
-
-
-def _with_plain_early_stopping(build):
-    def wrapped(*args, **kwargs):
-        net = build(*args, **kwargs)
-        for _, cb in net.callbacks:
-            if isinstance(cb, budget_module.EarlyStoppingInTheFall):
-                cb.budget = None
-        return net
-
-    return wrapped

@@ -16,8 +16,9 @@ def _public_objects():
             if inspect.ismodule(obj):
                 continue
             yield f"{module.__name__}.{name}", obj
-            if inspect.isclass(obj):
-                for attr, member in vars(obj).items():
+            if inspect.isclass(obj):  # its methods, and those of the package's classes it derives from
+                ours = [cls for cls in inspect.getmro(obj) if cls.__module__.startswith("sklearn_otflow")]
+                for attr, member in {k: v for cls in reversed(ours) for k, v in vars(cls).items()}.items():
                     if not attr.startswith("_") and inspect.isfunction(member) and member.__doc__:
                         yield f"{module.__name__}.{name}.{attr}", member
 

@@ -12,31 +12,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 from sklearn.base import clone
-from sklearn.datasets import make_moons
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback
 from skorch.dataset import Dataset
-from skorch.history import History
 from torch.utils.data import DataLoader, Subset
 
-import sklearn_otflow._estimator as estimator_module
+import sklearn_otflow._auto as auto_module
+import sklearn_otflow._training as _training
 from sklearn_otflow import OTFlowDensity
-from sklearn_otflow._net import FlowModule, StepRefinement, batch_loader
+from sklearn_otflow._net import batch_loader
 
 # one layer: the tests' figures (a stiff flow, losses after an epoch) were set with it
 SMALL = dict(hidden_width=16, n_layers=1, n_steps=4, batch_size=128, random_state=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def rounds_of_one_pass():
-    """Validation after every 5 steps: one pass over the 540 training rows of ``moons`` in SMALL's
-    128-row minibatches, so that a round of these tests is an epoch, as their figures were set."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(estimator_module, "_VALIDATION_INTERVAL", 5)
-        yield
+pytestmark = pytest.mark.usefixtures("rounds_of_one_pass")
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +43,6 @@ def gaussian_data():
 @pytest.fixture(scope="module")
 def fitted(gaussian_data):
     return OTFlowDensity(max_iter=440, alpha=50.0, learning_rate=0.01, **SMALL).fit(gaussian_data)
-
-
-@pytest.fixture(scope="module")
-def moons():
-    return make_moons(600, noise=0.05, random_state=0)[0]
 
 
 def test_density_integrates_to_one(fitted, gaussian_data):
@@ -114,9 +102,7 @@ def test_history_records_the_loss_parts(fitted):
 
 def test_integration_error_is_measured_and_warned_about(fitted, moons, monkeypatch):
     assert 0 <= fitted.integration_error_ < 0.05
-    from sklearn_otflow import _estimator
-
-    monkeypatch.setattr(_estimator, "_MAX_INTEGRATION_ERROR", -1.0)
+    monkeypatch.setattr(auto_module, "MAX_INTEGRATION_ERROR", -1.0)
     with pytest.warns(RuntimeWarning, match="does not resolve the fitted flow"):
         OTFlowDensity(max_iter=5, **SMALL).fit(moons)
 
@@ -126,9 +112,7 @@ def test_a_flow_the_evaluation_steps_do_not_resolve_is_evaluated_with_more(moons
     rows' mean log-likelihood by more than 0.05 nats, with a warning; scores then match a fine
     integration. A given n_steps_eval is kept, with the warning that scores are unreliable. (Training's
     step refinement, which would resolve this flow first, is switched off.)"""
-    from sklearn_otflow import _estimator
-
-    monkeypatch.setattr(_estimator, "_MAX_STEP_REFINEMENTS", 0)
+    monkeypatch.setattr(auto_module, "MAX_STEP_REFINEMENTS", 0)
     est = OTFlowDensity(max_iter=10, **SMALL).fit(moons)
     assert est.n_steps_eval_ == 8
     with torch.no_grad():  # a stiff flow: 8 steps are 0.06 nats off, 16 within 0.01
@@ -137,53 +121,19 @@ def test_a_flow_the_evaluation_steps_do_not_resolve_is_evaluated_with_more(moons
     with pytest.warns(RuntimeWarning, match=r"use 16 \(n_steps_eval_\)"):
         est.set_params(**retrain).fit(moons)
     assert est.n_steps_eval_ == 16 and est.integration_error_ <= 0.05
-    fine = est._model_log_prob(moons, 256) - np.log(est.scale_).sum()
+    fine = _training._log_prob(est, moons, 256) - np.log(est.scale_).sum()
     np.testing.assert_allclose(est.score_samples(moons).mean(), fine.mean(), atol=0.05)
     with pytest.warns(RuntimeWarning, match="scores are unreliable"):
         est.set_params(n_steps_eval=8).fit(moons)
     assert est.n_steps_eval_ == 8 and est.integration_error_ > 0.05
 
 
-def test_step_refinement_adds_steps_where_the_flow_outruns_them(moons):
-    """After an epoch, 1.5 times the training steps (and twice that for validation, if it follows) when
-    n and 2n steps disagree on a probe's mean NLL by more than the tolerance; at most max_refinements
-    times; a smooth flow keeps its steps. Each epoch's count goes to the history."""
-    from types import SimpleNamespace
-
-    torch.manual_seed(0)
-    X = torch.as_tensor((moons - moons.mean(0)) / moons.std(0), dtype=torch.float32)
-
-    def epochs(module, n_epochs, eval_follows=True):
-        net = SimpleNamespace(module_=module, history=History(), device="cpu")
-        refine = StepRefinement(0.01, 2, eval_follows).initialize()
-        refine.on_train_begin(net, X=X)
-        assert refine.probe_.shape == (128, 2)  # strided over all rows
-        for _ in range(n_epochs):
-            net.history.new_epoch()
-            refine.on_epoch_end(net)
-        return [row["n_steps"] for row in net.history]
-
-    smooth = FlowModule(2, 16, 1, 10, n_steps=8, n_steps_eval=16)  # w = 0: a linear flow
-    assert epochs(smooth, 2) == [8, 8] and (smooth.n_steps, smooth.n_steps_eval) == (8, 16)
-
-    stiff = FlowModule(2, 16, 1, 10, n_steps=2, n_steps_eval=4)
-    with torch.no_grad():
-        stiff.potential.w.normal_(0.0, 3.0)
-    assert epochs(stiff, 4) == [2, 3, 5, 5]  # ceil(1.5 n), twice at most
-    assert (stiff.n_steps, stiff.n_steps_eval) == (5, 10)
-    given = FlowModule(2, 16, 1, 10, n_steps=2, n_steps_eval=7)
-    given.load_state_dict(stiff.state_dict())
-    assert epochs(given, 1, eval_follows=False) == [2] and (given.n_steps, given.n_steps_eval) == (3, 7)
-
-
 def test_fit_refines_its_steps_and_evaluates_with_twice_the_final_count(moons, monkeypatch):
     """With a tolerance no flow meets, every epoch refines until the cap: n_steps_ is the last count,
     validation and scores follow it, a warm start begins from it, and partial_fit does not refine."""
-    from sklearn_otflow import _estimator
-
     est = OTFlowDensity(max_iter=10, **SMALL).fit(moons)  # a smooth early flow: no refinement
     assert est.n_steps_ == 4 and [row["n_steps"] for row in est.history_] == [4, 4]
-    monkeypatch.setattr(_estimator, "_STEP_TOLERANCE", -1.0)
+    monkeypatch.setattr(auto_module, "STEP_TOLERANCE", -1.0)
     est.set_params(max_iter=15).fit(moons)
     assert [row["n_steps"] for row in est.history_] == [4, 6, 9]
     assert est.n_steps_ == 9 and est.net_.module_.n_steps_eval == 18 and est.n_steps_eval_ >= 18
@@ -193,39 +143,6 @@ def test_fit_refines_its_steps_and_evaluates_with_twice_the_final_count(moons, m
     assert est.partial_fit(moons).n_steps_ == 14
     given = OTFlowDensity(max_iter=10, n_steps_eval=5, **SMALL).fit(moons)
     assert given.n_steps_ == 9 and given.net_.module_.n_steps_eval == 5 and given.n_steps_eval_ == 5
-
-
-def test_a_refinement_measures_validation_again_so_early_stopping_compares_like_with_like(moons, monkeypatch):
-    """When validation's step count grows, the epoch's valid_nll and early stopping's best score are
-    measured again with the new count: after every epoch both equal what that count gives (a stiff
-    flow, for which 8 and 12 steps differ by 0.05 nats)."""
-    from sklearn_otflow import _estimator
-    from sklearn_otflow._net import _valid_nll
-
-    seen = []
-
-    class Check(Callback):  # user callbacks run after early stopping
-        def on_epoch_end(self, net, dataset_valid=None, **kwargs):
-            stop, current = dict(net.callbacks_)["early_stopping"], net.module_.state_dict()
-            recorded, now = net.history[-1, "valid_nll"], _valid_nll(net, dataset_valid)
-            saved = {k: v.clone() for k, v in current.items()}
-            net.module_.load_state_dict(stop.best_model_weights_)
-            best = _valid_nll(net, dataset_valid)
-            net.module_.load_state_dict(saved)
-            count, net.module_.n_steps_eval = net.module_.n_steps_eval, 8  # the count before any refinement
-            before = _valid_nll(net, dataset_valid)
-            net.module_.n_steps_eval = count
-            seen.append((count, recorded, now, stop.dynamic_threshold_, best, before))
-
-    est = OTFlowDensity(max_iter=10, **SMALL).fit(moons)
-    with torch.no_grad():
-        est.net_.module_.potential.w.mul_(8.0)
-    monkeypatch.setattr(_estimator, "_STEP_TOLERANCE", -1.0)  # every epoch refines, twice at most
-    est.set_params(warm_start=True, max_iter=15, learning_rate=1e-9, callbacks=[Check()]).fit(moons)
-    assert [row[0] for row in seen] == [12, 18, 18]
-    for _, recorded, now, threshold, best, _ in seen:
-        assert recorded == pytest.approx(now, rel=1e-5) and threshold == pytest.approx(best, rel=1e-5)
-    assert abs(seen[0][1] - seen[0][5]) > 0.01  # the counts disagree on this flow
 
 
 def test_score_is_the_mean_log_likelihood(fitted, gaussian_data):
@@ -315,7 +232,6 @@ def test_early_stopping_scores_at_the_evaluation_step_count(moons, monkeypatch):
     200 epochs: validated at the 8 training steps, the validation NLL kept falling while the
     likelihood at 32 steps had been rising since epoch 61)."""
     import sklearn_otflow._net as net_module
-    from sklearn_otflow import _estimator
 
     calls = []
     original = net_module.flow
@@ -325,7 +241,7 @@ def test_early_stopping_scores_at_the_evaluation_step_count(moons, monkeypatch):
         return original(potential, x, n_steps, **kwargs)
 
     monkeypatch.setattr(net_module, "flow", spy)
-    monkeypatch.setattr(_estimator, "_MAX_STEP_REFINEMENTS", 0)  # its probe flows without gradients too
+    monkeypatch.setattr(auto_module, "MAX_STEP_REFINEMENTS", 0)  # its probe flows without gradients too
     OTFlowDensity(max_iter=5, n_steps_eval=7, **SMALL).fit(moons)
     assert {steps for grad, steps in calls if grad} == {SMALL["n_steps"]}
     assert {steps for grad, steps in calls if not grad} == {7}
@@ -464,9 +380,11 @@ def test_float64_training_and_exact_trace(moons):
 
 def _candidate_fit(X, candidate: int, **params) -> OTFlowDensity:
     """The whole fit of the ``candidate``-th initialization that ``n_init`` draws (no trials)."""
-    est = OTFlowDensity(**params)
-    est._pick_initialization = lambda X, seeds, deadline=None: seeds[candidate]
-    return est.fit(X)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            _training, "_pick_initialization", lambda est, X, seeds, deadline=None: seeds[candidate]
+        )
+        return OTFlowDensity(**params).fit(X)
 
 
 @pytest.mark.parametrize("early_stopping, nll", [(True, "valid_nll"), (False, "train_nll")])
@@ -488,20 +406,20 @@ def test_n_init_keeps_the_initialization_whose_first_epochs_score_best(moons, ea
 
 
 def test_n_init_reports_each_trial_and_a_diverging_trial_loses(moons, monkeypatch, capsys):
-    from sklearn_otflow._net import TrainingDiverged
+    from sklearn_otflow._callbacks import TrainingDiverged
 
-    seeds = OTFlowDensity(random_state=0)._seeds(3)
+    seeds = _training.seeds_of(OTFlowDensity(random_state=0), 3)
     trained = []
-    original = OTFlowDensity._run_net
+    original = _training._run_net
 
-    def run_net(self, net, X, initialize, start=None, **fit_params):
+    def run_net(est, net, X, initialize, start=None, **fit_params):
         trial, seed = dict(net.callbacks)["budget"].stop_at < 1, net.module__seed
         trained.append((seed, trial))
         if trial and seed != seeds[-1]:
             raise TrainingDiverged("the training loss became nan in round 1")
-        return original(self, net, X, initialize, start, **fit_params)
+        return original(est, net, X, initialize, start, **fit_params)
 
-    monkeypatch.setattr(OTFlowDensity, "_run_net", run_net)
+    monkeypatch.setattr(_training, "_run_net", run_net)
     est = OTFlowDensity(max_iter=100, n_init=3, verbose=1, **SMALL).fit(moons)
     assert trained == [(seed, True) for seed in seeds] + [(seeds[-1], False)]
     assert est.n_iter_ == 100 and np.isfinite(est.score(moons))
@@ -512,10 +430,10 @@ def test_n_init_reports_each_trial_and_a_diverging_trial_loses(moons, monkeypatc
 def test_a_warm_start_tries_no_initializations(moons, monkeypatch):
     est = OTFlowDensity(max_iter=10, n_init=2, warm_start=True, **SMALL).fit(moons)
 
-    def fail(self, X, seeds, deadline=None):
+    def fail(est, X, seeds, deadline=None):
         raise AssertionError("a warm start continues the fitted weights: no initializations to try")
 
-    monkeypatch.setattr(OTFlowDensity, "_pick_initialization", fail)
+    monkeypatch.setattr(_training, "_pick_initialization", fail)
     assert est.fit(moons).n_iter_ == 10
 
 
@@ -618,57 +536,6 @@ def test_validation_runs_in_evaluation_sized_batches(moons):
     batches = est.history_[-1]["batches"]
     assert [b["valid_batch_size"] for b in batches if "valid_batch_size" in b] == [60]
     assert {b["train_batch_size"] for b in batches if "train_batch_size" in b} == {16, 540 % 16}
-
-
-class _Record(Callback):
-    """The module's weights before and after each training step and at each validation batch."""
-
-    def initialize(self):
-        self.before, self.after, self.valid = [], [], []
-        return self
-
-    def _weights(self, net):
-        return torch.cat([p.detach().flatten().clone() for p in net.module_.parameters()])
-
-    def on_batch_begin(self, net, training=False, **kwargs):
-        (self.before if training else self.valid).append(self._weights(net))
-
-    def on_batch_end(self, net, training=False, **kwargs):
-        if training:
-            self.after.append(self._weights(net))
-
-
-@pytest.mark.parametrize("early_stopping", [True, False])
-def test_weight_averaging_is_validated_and_kept_while_training_goes_on_raw(moons, early_stopping):
-    """ema_decay: the average of the weights after each step, with the warm-up min(decay, k/(k+9)),
-    is what validation sees and what the fit keeps; each step starts from the previous raw weights."""
-    record = _Record()
-    est = OTFlowDensity(
-        max_iter=15, ema_decay=0.9, early_stopping=early_stopping, callbacks=[record], **SMALL
-    )
-    est.fit(moons)
-    average = record.after[0].clone()
-    for k, raw in enumerate(record.after[1:], start=2):
-        average.lerp_(raw, 1 - min(0.9, k / (k + 9)))
-    final = torch.cat([p.detach().flatten() for p in est.net_.module_.potential.parameters()])
-    if early_stopping:  # the best epoch's average; the last epoch's validation saw the last average
-        torch.testing.assert_close(record.valid[-1], average, rtol=0, atol=1e-6)
-        assert any(torch.allclose(final, w, rtol=0, atol=1e-6) for w in record.valid)
-    else:
-        torch.testing.assert_close(final, average, rtol=0, atol=1e-6)
-    # training continues from the raw weights, not from the average
-    for before, after in zip(record.before[1:], record.after[:-1]):
-        torch.testing.assert_close(before, after, rtol=0, atol=0)
-    assert not torch.allclose(average, record.after[-1], atol=1e-4)
-
-
-def test_without_weight_averaging_the_fit_keeps_the_last_raw_weights(moons):
-    record = _Record()
-    est = OTFlowDensity(max_iter=10, ema_decay=0.0, early_stopping=False, callbacks=[record], **SMALL)
-    est.fit(moons)
-    final = torch.cat([p.detach().flatten() for p in est.net_.module_.potential.parameters()])
-    torch.testing.assert_close(final, record.after[-1], rtol=0, atol=0)
-    assert "weight_averaging" not in dict(est.net_.callbacks_)
 
 
 @pytest.mark.parametrize("d, width", [(1, 32), (2, 32), (3, 64), (15, 64)])

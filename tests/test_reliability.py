@@ -198,9 +198,9 @@ def test_arrays_with_negative_strides_are_ordinary_arrays(moons):
 def test_a_diverged_fit_whose_restored_weights_are_no_model_raises(fitted, moons, monkeypatch, learning_rate):
     """Rounds of one step: the first ends with a finite loss (computed before its update) and weights
     that are no model (scores of -inf or -1e260); the second diverges and restores them."""
-    import sklearn_otflow._estimator as estimator_module
+    import sklearn_otflow._auto as auto_module
 
-    monkeypatch.setattr(estimator_module, "_VALIDATION_INTERVAL", 1)
+    monkeypatch.setattr(auto_module, "VALIDATION_INTERVAL", 1)
     est = pickle.loads(pickle.dumps(fitted))
     before = est.score_samples(moons[:20])
     with pytest.raises(ValueError, match="Training diverged"):

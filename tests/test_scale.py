@@ -12,9 +12,10 @@ from scipy.stats import multivariate_normal
 from sklearn.model_selection import GridSearchCV, KFold
 from skorch.callbacks import Callback
 
-import sklearn_otflow._estimator as estimator_module
+import sklearn_otflow._evaluation as evaluation_module
+import sklearn_otflow._net as net_module
 from sklearn_otflow import OTFlowDensity
-from sklearn_otflow._estimator import _eval_rows
+from sklearn_otflow._auto import eval_rows as _eval_rows
 
 SMALL = dict(hidden_width=16, n_steps=4, batch_size=128, learning_rate=0.01, alpha=50.0, random_state=0)
 MEAN, COV = np.array([3.0, -1.0]), np.array([[4.0, 1.2], [1.2, 1.0]])
@@ -123,7 +124,7 @@ def test_training_that_fails_midway_keeps_the_model(streamed, gaussian_split, ho
     X_train, X_test = gaussian_split
     est = pickle.loads(pickle.dumps(streamed)).set_params(warm_start=True)
     before, n_iter = est.score_samples(X_test), est.n_iter_
-    original, steps = estimator_module.OTFlowNet.train_step, []
+    original, steps = net_module.OTFlowNet.train_step, []
 
     def train_step(net, *args, **kwargs):
         steps.append(1)
@@ -131,7 +132,7 @@ def test_training_that_fails_midway_keeps_the_model(streamed, gaussian_split, ho
             raise RuntimeError("interrupted")
         return original(net, *args, **kwargs)
 
-    monkeypatch.setattr(estimator_module.OTFlowNet, "train_step", train_step)
+    monkeypatch.setattr(net_module.OTFlowNet, "train_step", train_step)
     with pytest.raises(RuntimeError, match="interrupted"):
         est.partial_fit(X_train) if how == "partial_fit" else est.fit(X_train)
     assert len(steps) == 3 and est.n_iter_ == n_iter
@@ -140,13 +141,13 @@ def test_training_that_fails_midway_keeps_the_model(streamed, gaussian_split, ho
 
 def _rows_per_flow_call(monkeypatch):
     rows = []
-    original = estimator_module.flow
+    original = evaluation_module.flow
 
     def spy(potential, x, *args, **kwargs):
         rows.append(x.shape[0])
         return original(potential, x, *args, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "flow", spy)
+    monkeypatch.setattr(evaluation_module, "flow", spy)
     return rows
 
 
@@ -173,14 +174,14 @@ def test_evaluation_memory_is_bounded_by_a_batch(streamed, method, monkeypatch):
 def test_concurrent_evaluations_share_the_threads(streamed, monkeypatch):
     """Two scoring calls in threads of one process split torch's threads, and leave them as they were."""
     seen, barrier = [], threading.Barrier(2)
-    original = estimator_module.flow
+    original = evaluation_module.flow
 
     def spy(potential, x, *args, **kwargs):
         barrier.wait(timeout=60)  # both calls are running from here on
         seen.append(torch.get_num_threads())
         return original(potential, x, *args, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "flow", spy)
+    monkeypatch.setattr(evaluation_module, "flow", spy)
     total = torch.get_num_threads()
     batch = _eval_rows(streamed.hidden_width)
     X = np.zeros((2 * batch, 2))
@@ -224,16 +225,16 @@ def test_grid_search_on_a_dask_cluster_equals_the_local_one(gaussian_split):
 def test_evaluation_takes_no_more_threads_than_the_free_cpus(streamed, monkeypatch):
     """Beside a busy process (one CPU free) scoring runs on one thread; on a free machine, on torch's
     threads; and as the machine's load changes during a call, the count follows it, batch by batch."""
-    import sklearn_otflow._threads as threads_module
+    import sklearn_otflow._hardware as threads_module
 
     seen, free = [], iter([2, 1, 2])
-    original = estimator_module.flow
+    original = evaluation_module.flow
 
     def spy(potential, x, *args, **kwargs):
         seen.append(torch.get_num_threads())
         return original(potential, x, *args, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "flow", spy)
+    monkeypatch.setattr(evaluation_module, "flow", spy)
     monkeypatch.setattr(threads_module, "free_cpus", lambda: next(free))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -248,7 +249,7 @@ def test_evaluation_takes_no_more_threads_than_the_free_cpus(streamed, monkeypat
 def test_free_cpus_counts_other_processes_runnable_tasks(monkeypatch):
     """CPUs this process may use less the runnable tasks of other processes (/proc/loadavg counts the
     whole machine's, this process's own included)."""
-    import sklearn_otflow._threads as threads_module
+    import sklearn_otflow._hardware as threads_module
 
     if not hasattr(threads_module.os, "sched_getaffinity"):
         pytest.skip("Linux only")

@@ -34,9 +34,9 @@ from .scratch import TraceWork, reuse_scratch
 __all__ = ["Tracer", "Weights", "block_entries", "grad_and_trace", "log_cosh", "reuse_scratch"]
 
 
-def choose(d: int, p: Weights, n: int, exact: bool) -> ModuleType:
-    """The trace path for ``n`` samples: :mod:`.one_layer` where it applies (``exact``: the blocks in
-    the weights' precision), else :mod:`.general`."""
+def choose(d: int, p: Weights, exact: bool) -> ModuleType:
+    """The trace path: :mod:`.one_layer` where it applies (``exact``: the blocks in the weights'
+    precision), else :mod:`.general`."""
     return one_layer if one_layer.applies(d, p, exact) else general
 
 
@@ -115,7 +115,7 @@ class Tracer:
 
     def __init__(self, p, d, h, gemm_dtype, block, n, n_stages=1, training=False) -> None:
         self.p, self.d, self.h, self.gd, self.block = p, d, h, gemm_dtype, block
-        self.path = choose(d, p, n, gemm_dtype == p.K0.dtype)
+        self.path = choose(d, p, gemm_dtype == p.K0.dtype)
         self.work = _scratch(self.path, d, p.K0.shape[0], n, n_stages, block, p.K0) if training else None
         with torch.no_grad():
             self.prepared = prepare(d, p, self.path, None if self.work is None else self.work.W)

@@ -1,9 +1,11 @@
-"""How many intra-op threads a call takes: its share of torch's, of the work, and of the free CPUs.
+"""The machine: the device a fit runs on, its fast block precision, and the threads a call takes.
+
+Threads: a call takes its share of torch's, of the work, and of the free CPUs.
 
 torch's operations split across the intra-op threads (OpenMP), whose workers wait for one another at
 the end of every operation. Where another process holds a CPU, a worker that has lost it makes every
-operation wait for a time slice: a model that scores 2,000 rows in a third of a second on one thread
-took tens of seconds on two beside one busy process. Each call (a fit, an evaluation) therefore takes
+operation wait for a time slice, which costs more than the thread gains. Each call (a fit, an
+evaluation) therefore takes
 
 - one thread where an operation's work is too small to split (per-operation overhead dominates);
 - else its share of ``torch.get_num_threads()`` among the calls running in this process (joblib's
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["thread_share", "free_cpus", "ONE_THREAD_WORK"]
+__all__ = ["ONE_THREAD_WORK", "check_device", "fast_block_dtype", "free_cpus", "thread_share"]
 
 # Work per tensor operation, in entries, at or below which a call runs on one thread: the operations
 # of a training step at a few features (width x rows x (features + 1)) cost no less on two.
@@ -101,3 +103,26 @@ def thread_share(work: int | None = None) -> Iterator[Callable[[], None]]:
         torch.set_num_threads(total)
         with _active_lock:
             _active[0] -= 1
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a torch device where training can run: the CPU, or CUDA where torch finds it."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>'; got {device!r} ({exc}).") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>'; got {str(device)!r}.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was requested, but torch finds no CUDA device.")
+    return device
+
+
+def fast_block_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 where the hardware multiplies it natively (AVX512-BF16/AMX CPUs, recent GPUs), else None."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    cpu = getattr(torch, "cpu", None)
+    has_bf16 = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)
+    has_amx = getattr(cpu, "_is_amx_tile_supported", lambda: False)
+    return torch.bfloat16 if device.type == "cpu" and (has_bf16() or has_amx()) else None
