@@ -199,10 +199,17 @@ def make_loss_fn(variant: str, potential: torch.nn.Module, nt: int) -> Callable[
 def run_worker(variant: str, d: int, m: int, nt: int, batch: int, iters: int, layers: int) -> str:
     """Time ``iters`` + 1 training iterations here; ``"median_seconds peak_rss_mb first_loss"``."""
     from sklearn_otflow._potential import Potential
-    from sklearn_otflow._trace import reuse_scratch
+
+    try:
+        from sklearn_otflow._trace import reuse_scratch
+    except ImportError:  # a commit before the trace had a package of its own (for old-against-new runs)
+        from sklearn_otflow._potential import reuse_scratch
 
     torch.set_num_threads(os.cpu_count() if variant == EXACT_ALL_THREADS else 1)
-    reuse_scratch().__enter__()  # as in a fit: each integration's scratch memory serves the next
+    # as in a fit: each integration's scratch memory serves the next (the context object must live on:
+    # collected, its generator would close and end the reuse)
+    scratch = reuse_scratch()
+    scratch.__enter__()
     dtype = torch.float64 if variant == EXACT64 else torch.float32
     torch.manual_seed(SEED)
     potential = Potential(d, width=m, n_layers=layers).to(dtype)

@@ -299,3 +299,16 @@ def test_training_integrations_reuse_their_scratch_memory_only_within_a_fit():
         for ga, gb in zip(a, b):
             assert torch.equal(ga, gb)
     assert all(torch.isfinite(g).all() for g in grads_kept)
+
+
+def test_training_scratch_is_freed_by_the_backward_pass_not_by_the_graph():
+    """Outside a fit, an integration's one allocation goes when its backward pass ends, although the
+    graph (and so the node) lives on: the next iteration's forward pass must not find it still held."""
+    import weakref
+
+    phi = random_potential(d=2, width=5, n_layers=1, seed=10)
+    z, ell, _, _ = flow(phi, torch.randn(6, 2, dtype=F64), n_steps=2)
+    node = z.grad_fn.next_functions[0][0]
+    buffer = weakref.ref(node.tracer.work._buffer)
+    (z.sum() + ell.sum()).backward()
+    assert buffer() is None

@@ -165,10 +165,12 @@ class Tracer:
         return add_grads(grads, prepare_vjp(self.d, self.p, *prepared, w_scale=w_scale))
 
     def release(self) -> None:
-        """Hands the scratch memory on (:func:`reuse_scratch`); the tracer is done."""
+        """Hands the scratch memory on (:func:`reuse_scratch`); the tracer is done. Its prepared
+        quantities go too: on the one-layer path :math:`W` is a view of the scratch, which would
+        otherwise stay allocated as long as the autograd graph that holds the tracer."""
         if self.work is not None:
             self.work.release()
-        self.work = None
+        self.work = self.prepared = None
 
 
 class _GradTrace(torch.autograd.Function):
