@@ -87,6 +87,12 @@ def gemm_dtype(
     return None
 
 
+def eval_steps(n_steps_eval: int | None, n_steps: int) -> int:
+    """RK4 steps of evaluation for training with ``n_steps``: ``n_steps_eval``; ``None``: twice as many
+    (the evaluation resolves what the training steps integrate)."""
+    return n_steps_eval or 2 * n_steps
+
+
 def clip_norm(alpha: float, alpha_hjb: float) -> float:
     """Gradient-norm clipping threshold: only real spikes; typical norms grow with the loss weights,
     about 1-10 per unit weight."""

@@ -119,7 +119,7 @@ def _field(tracer: Tracer, t: float, y: Tensor, weight: float = 1.0):
     ``weight`` the stage's weight in the step's update.
     """
     d, n = tracer.d, y.shape[0]
-    s = tracer.stage_input(y, n, weight)  # (x, t), samples last
+    s = tracer.stage_input(y, weight)  # (x, t), samples last
     s[:d] = y[:, :d].t()
     s[d] = t
     grad, trace, saved = tracer.forward(s)
@@ -219,7 +219,7 @@ class _RK4Flow(torch.autograd.Function):
             G_unit = G * (dt / q)  # the update y + dt/q sum_i b_i k_i
             G_y, G_xs = G.clone(), [None] * n_stages
             for i in reversed(range(n_stages)):
-                G_k = G_unit if i == 0 and b[0] == 1 else b[i] * G_unit
+                G_k = b[i] * G_unit
                 for j in range(i + 1, n_stages):  # y_j = y + dt sum_{i<j} a_ji k_i
                     if a[j][i]:
                         G_k[:, :d].add_(G_xs[j], alpha=a[j][i] * dt)

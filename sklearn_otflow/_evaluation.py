@@ -257,17 +257,20 @@ class FittedFlowMixin(TransformerMixin):
         X = check_input(self, X, reset=False)
         return self._run(X, keep=keep)
 
-    def _run(self, X: np.ndarray, inverse: bool = False, keep=None) -> tuple[np.ndarray, ...]:
-        """:func:`~sklearn_otflow._evaluation.evaluate` with the fitted flow, on the net's device (skorch
-        loads a CUDA-pickled net on the CPU where none exists)."""
+    def _run(
+        self, X: np.ndarray, inverse: bool = False, keep=None, n_steps: int | None = None, finite: bool = True
+    ) -> tuple[np.ndarray, ...]:
+        """:func:`evaluate` with the fitted flow and ``n_steps`` (default ``n_steps_eval_``), on the net's
+        device (skorch loads a CUDA-pickled net on the CPU where none exists)."""
         potential, device = self.net_.module_.potential, torch.device(self.net_.device)
         return evaluate(
             potential,
             X,
             self.mean_,
             self.scale_,
-            self.n_steps_eval_,
+            n_steps or self.n_steps_eval_,
             inverse=inverse,
             keep=keep,
+            finite=finite,
             device=device,
         )

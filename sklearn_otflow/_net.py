@@ -285,7 +285,7 @@ def build_net(
         module__n_layers=_auto.n_layers(est.n_layers, d),
         module__rank=est.rank,
         module__n_steps=n_steps,
-        module__n_steps_eval=est.n_steps_eval or 2 * n_steps,
+        module__n_steps_eval=_auto.eval_steps(est.n_steps_eval, n_steps),
         module__dtype=DTYPES[est.dtype],
         module__gemm_dtype=_auto.gemm_dtype(est.trace_precision, est.dtype, width, d, device),
         module__seed=seed,
@@ -341,7 +341,10 @@ def continue_net(est, net: OTFlowNet, n_samples: int) -> None:
     net.callbacks = [(n, cb) for n, cb in net.callbacks if not n.startswith("user_")] + user
     net.callbacks_ = [(n, cb) for n, cb in net.callbacks_ if not n.startswith("user_")] + user
     decay = _auto.weight_decay(est.weight_decay, est.n_features_in_)
-    net.set_params(lr=est.learning_rate, batch_size=_auto.batch_rows(est.batch_size, 0.0, n_samples, None))
+    net.set_params(
+        lr=est.learning_rate,
+        batch_size=_auto.batch_rows(est.batch_size, est.validation_fraction, n_samples, None),
+    )
     for group in net.optimizer_.param_groups:
         if group.get("decayed", True):
             group["weight_decay"] = decay

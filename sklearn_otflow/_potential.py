@@ -173,7 +173,7 @@ class Potential(nn.Module):
         (torch.Size([5, 4]), torch.Size([5]))
         """
         s = self._s(x, t).t()  # samples last throughout: s is (d + 1, n), every activation (m, n)
-        grad, trace = grad_and_trace(self.weights(), self.n_features, self.h, s, gemm_dtype or x.dtype)
+        grad, trace = grad_and_trace(self.weights(), s, gemm_dtype or x.dtype)
         return grad.t(), trace
 
     def weights(self) -> Weights:
@@ -201,8 +201,7 @@ class Potential(nn.Module):
         >>> tuple(grad.shape), tuple(trace.shape)
         ((4, 5), (5,))
         """
-        weights, block = self.weights(), block_entries(gemm_dtype)
-        return Tracer(weights, self.n_features, self.h, gemm_dtype, block, n, n_stages, training)
+        return Tracer(self.weights(), gemm_dtype, block_entries(gemm_dtype), n, n_stages, training)
 
     def extra_repr(self) -> str:
         sizes = (self.n_features, self.width, self.n_layers, self.A.shape[0])

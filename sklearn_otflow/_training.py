@@ -20,7 +20,7 @@ from sklearn.utils import check_random_state
 
 from . import _auto
 from ._callbacks import TrainingDiverged
-from ._evaluation import evaluate, log_prob_only
+from ._evaluation import log_prob_only
 from ._hardware import thread_share
 from ._net import DTYPES, Interrupted, OTFlowNet, build_net, continue_net
 from ._potential import Potential
@@ -83,7 +83,7 @@ def resolve_eval_steps(est, X: np.ndarray) -> None:
     ``MAX_INTEGRATION_ERROR`` (``n_steps_eval=None`` only, up to ``MAX_EVAL_DOUBLINGS`` times);
     ``integration_error_`` is the last change measured.
     """
-    steps = est.n_steps_eval or 2 * est.n_steps_
+    steps = _auto.eval_steps(est.n_steps_eval, est.n_steps_)
     limit = _auto.MAX_EVAL_DOUBLINGS if est.n_steps_eval is None else 0
     log_p = _log_prob(est, X, steps)
     if not np.isfinite(log_p).all():  # the weights training ended with (or restored) are no model
@@ -151,7 +151,7 @@ def _train(
     est.history_ = net.history
     est.n_iter_ = _steps_run(net.history)
     est.n_steps_ = net.module_.n_steps
-    validated = est.n_steps_eval or 2 * est.n_steps_  # the count validation ended with
+    validated = _auto.eval_steps(est.n_steps_eval, est.n_steps_)  # the count validation ended with
     resolve_eval_steps(est, X[:512])
     if diverged is not None:
         if not est.integration_error_ <= _auto.MAX_INTEGRATION_ERROR:  # the restored weights are no model
@@ -208,12 +208,9 @@ def _run_net(
 
 
 def _log_prob(est, X: np.ndarray, n_steps: int) -> np.ndarray:
-    """Log-density of rows ``X`` (caller's units) in the model's standardized coordinates."""
-    potential, device = est.net_.module_.potential, torch.device(est.net_.device)
-    (log_p,) = evaluate(
-        potential, X, est.mean_, est.scale_, n_steps, keep=log_prob_only, finite=False, device=device
-    )
-    return log_p
+    """Log-density of rows ``X`` (caller's units) in the model's standardized coordinates, with
+    ``n_steps`` RK4 steps; a non-finite value is returned, not raised (the caller checks)."""
+    return est._run(X, keep=log_prob_only, n_steps=n_steps, finite=False)[0]
 
 
 def _summary(est) -> str:

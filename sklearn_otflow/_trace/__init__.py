@@ -97,10 +97,6 @@ class Tracer:
     ----------
     p : Weights
         The potential's weights.
-    d : int
-        Number of features.
-    h : float
-        The residual step :math:`1/M`.
     gemm_dtype : torch.dtype
         Precision of the block products (the weights' dtype: exact).
     block : int
@@ -113,22 +109,22 @@ class Tracer:
         Keep the stages in one allocation for a backward pass.
     """
 
-    def __init__(self, p, d, h, gemm_dtype, block, n, n_stages=1, training=False) -> None:
-        self.p, self.d, self.h, self.gd, self.block = p, d, h, gemm_dtype, block
-        self.path = choose(d, p, gemm_dtype == p.K0.dtype)
-        self.work = _scratch(self.path, d, p.K0.shape[0], n, n_stages, block, p.K0) if training else None
+    def __init__(self, p, gemm_dtype, block, n, n_stages=1, training=False) -> None:
+        self.p, self.d, self.h, self.gd, self.block = p, p.d, p.h, gemm_dtype, block
+        self.path = choose(p.d, p, gemm_dtype == p.K0.dtype)
+        self.work = _scratch(self.path, p.d, p.K0.shape[0], n, n_stages, block, p.K0) if training else None
         with torch.no_grad():
-            self.prepared = prepare(d, p, self.path, None if self.work is None else self.work.W)
+            self.prepared = prepare(p.d, p, self.path, None if self.work is None else self.work.W)
         self._grads: list | None = None
         self._grads_prepared: list | None = None
 
-    def stage_input(self, like: Tensor, n: int, weight: float = 1.0) -> Tensor:
-        """Where the next stage's input :math:`s` goes, (d + 1, n); ``weight`` is the stage's weight in
-        the integration's update (see :mod:`.one_layer`)."""
+    def stage_input(self, y: Tensor, weight: float = 1.0) -> Tensor:
+        """Where the next stage's input :math:`s` goes, (d + 1, n), for the state ``y`` of its n samples;
+        ``weight`` is the stage's weight in the integration's update (see :mod:`.one_layer`)."""
         slots = None if self.work is None else self.work.next_stage()
         if self.work is not None:
             self.work.weight = weight
-        return like.new_empty(self.d + 1, n) if slots is None else slots[0]
+        return y.new_empty(self.d + 1, y.shape[0]) if slots is None else slots[0]
 
     def forward(self, s: Tensor) -> tuple[Tensor, Tensor, tuple]:
         r""":math:`\nabla_s\Phi` (d + 1, n) and the trace (n,) at ``s`` (d + 1, n), and what
@@ -191,8 +187,8 @@ class _GradTrace(torch.autograd.Function):
         return (None, G_s, *ctx.tracer.weight_grads())
 
 
-def grad_and_trace(p: Weights, d: int, h: float, s: Tensor, gemm_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def grad_and_trace(p: Weights, s: Tensor, gemm_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     r""":math:`\nabla_s\Phi` (d + 1, n) and :math:`\operatorname{tr}\nabla_x^2\Phi` (n,) at ``s``
     (d + 1, n), samples last, as one autograd node."""
-    tracer = Tracer(p, d, h, gemm_dtype, block_entries(gemm_dtype), s.shape[1])
+    tracer = Tracer(p, gemm_dtype, block_entries(gemm_dtype), s.shape[1])
     return _GradTrace.apply(tracer, s, *p.flat())

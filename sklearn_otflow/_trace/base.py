@@ -33,6 +33,16 @@ class Weights(NamedTuple):
     Ks: tuple[Tensor, ...]
     bs: tuple[Tensor, ...]
 
+    @property
+    def d(self) -> int:
+        """The number of features: :math:`s = (x, t)` has :math:`d + 1` entries."""
+        return self.K0.shape[1] - 1
+
+    @property
+    def h(self) -> float:
+        """The residual step :math:`1 / M`."""
+        return 1.0 / len(self.Ks)
+
     def flat(self) -> tuple[Tensor, ...]:
         """``(K0, b0, w, A, b, K_1..K_M, b_1..b_M)``: one tensor per input of an autograd node."""
         return (self.K0, self.b0, self.w, self.A, self.b, *self.Ks, *self.bs)
