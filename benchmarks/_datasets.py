@@ -26,6 +26,11 @@ mean log-likelihood (the negative entropy) of each known density, from 200,000 d
     ``sklearn.datasets.load_digits`` (1,797 images) projected on its first 15 principal components,
     ``PCA(15, whiten=False)`` fitted on all images as in scikit-learn's example "Kernel Density Estimation"
     (plot_digits_kde_sampling). Density unknown; ``n`` and ``seed`` are ignored.
+``iris``, ``wine``
+    ``sklearn.datasets.load_iris`` (150 flowers, 4 measurements) and ``load_wine`` (178 wines, 13 chemical
+    measurements), each feature standardized over all rows, so that every method (an isotropic
+    KernelDensity included) sees features on one scale. Small tabular data; density unknown; ``n`` and
+    ``seed`` are ignored.
 ``gmm10``
     A 10-D mixture of 5 full-covariance Gaussians (:func:`gmm10_parameters`: fixed, seeded parameters).
 ``grid9``
@@ -218,6 +223,22 @@ def digits_pca15(n: int | None = None, seed: int | None = None) -> np.ndarray:
     return PCA(n_components=15, whiten=False).fit_transform(load_digits().data)
 
 
+def _standardized(X: np.ndarray) -> np.ndarray:
+    return (X - X.mean(axis=0)) / X.std(axis=0)
+
+
+def iris(n: int | None = None, seed: int | None = None) -> np.ndarray:
+    from sklearn.datasets import load_iris
+
+    return _standardized(load_iris().data)
+
+
+def wine(n: int | None = None, seed: int | None = None) -> np.ndarray:
+    from sklearn.datasets import load_wine
+
+    return _standardized(load_wine().data)
+
+
 # ---------------------------------------------------------------------------------------------- 10-D
 
 
@@ -283,13 +304,15 @@ GENERATORS: dict[str, tuple[Callable[[int, int], np.ndarray], Callable | None]] 
     "circles": (circles, None),
     "rings": (rings, rings_log_density),
     "digits": (digits_pca15, None),
+    "iris": (iris, None),
+    "wine": (wine, None),
     "gmm10": (gmm10, gmm10_log_density),
     "banana10": (banana10, banana10_log_density),
 }
 
 
 def load(name: str, n: int, seed: int) -> Dataset:
-    """Dataset ``name`` with ``n`` rows (all 1,797 for ``digits``) drawn with ``seed``."""
+    """Dataset ``name`` with ``n`` rows drawn with ``seed`` (the real datasets: all their rows)."""
     generate, log_density = GENERATORS[name]
     return Dataset(name, generate(n, seed), log_density)
 

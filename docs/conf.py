@@ -7,13 +7,17 @@ Build from the repository root (the same command as in the README and ``.ci/run`
 ``-D plot_gallery=0`` skips running the gallery examples, for a quick look at the text.
 """
 
+import importlib.util
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import sklearn_otflow
 from sklearn_otflow import theory
 
 DOCS = Path(__file__).parent
+sys.path.insert(0, str(DOCS))  # so that sphinx-gallery can import conf.GalleryOrder by name
 
 project = "sklearn-otflow"
 author = "the sklearn-otflow developers"
@@ -35,6 +39,7 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "_intersphinx", "_templates", "sg_execution_times.rst"]
+exclude_patterns += ["auto_examples/sg_execution_times.rst"]  # left by builds before write_computation_times
 templates_path = ["_templates"]
 default_role = "literal"
 
@@ -51,8 +56,18 @@ html_theme_options = {
     "footer_end": ["sphinx-version", "theme-version"],
 }
 # no left sidebar on single pages: it would only say "Section Navigation" over nothing
-html_sidebars = {page: [] for page in ("index", "install", "user_guide", "theory", "benchmarks", "changelog")}
+_SINGLE_PAGES = ("index", "install", "user_guide", "when_to_use", "theory", "benchmarks", "changelog")
+html_sidebars = {page: [] for page in _SINGLE_PAGES}
 html_show_sourcelink = False
+
+# -- math: MathJax 3 served from the site itself, so that equations render with no network -----------------
+# sphinx.ext.mathjax writes the <span class="math"> and <div class="math"> elements and loads mathjax_path
+# (relative: under _static/) on the pages that have math. The MathJax files come from the PyPI package
+# sphinx-mathjax-offline (the docs extra), not used as an extension: it would copy all of its 24 MB. Copied
+# are the one combined file loaded, its CHTML fonts and the TeX extensions it loads on demand (\boldsymbol,
+# \cancel, ...): about 2 MB. docs/check_html.py checks the built pages for TeX left unrendered.
+mathjax_path = "mathjax/tex-chtml.js"
+_MATHJAX_FILES = ["tex-chtml.js", "output/chtml/fonts/woff-v2", "input/tex/extensions"]
 
 # -- API reference: autosummary pages in numpydoc style ---------------------------------------------------
 autosummary_generate = True
@@ -83,13 +98,37 @@ sphinx_gallery_conf = {
     "doc_module": ("sklearn_otflow",),
     "reference_url": {"sklearn_otflow": None},
     "backreferences_dir": "gen_modules/backreferences",
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "conf.GalleryOrder",
     "remove_config_comments": True,
     "abort_on_example_error": True,
     "min_reported_time": 0,
     "show_memory": False,
     "matplotlib_animations": False,
+    # no sg_execution_times pages: they load jQuery and DataTables from CDNs, and docs/check_html.py
+    # fails on any page that needs the network to display
+    "write_computation_times": False,
 }
+
+
+GALLERY_ORDER = (  # the quick, practical examples first, the theory last
+    "plot_density_2d.py",
+    "plot_digits.py",
+    "plot_pipeline_grid_search.py",
+    "plot_gaussianization.py",
+    "plot_alpha_path.py",
+)
+
+
+class GalleryOrder:
+    """The gallery's order (sphinx-gallery's ``within_subsection_order``): ``GALLERY_ORDER``."""
+
+    def __init__(self, src_dir):
+        self.src_dir = src_dir
+
+    def __call__(self, filename: str) -> int:
+        if filename not in GALLERY_ORDER:
+            raise ValueError(f"examples/{filename} is missing from GALLERY_ORDER in docs/conf.py")
+        return GALLERY_ORDER.index(filename)
 
 
 def _check_every_public_name_is_documented(app, env):
@@ -110,6 +149,24 @@ def _skip_foreign_members(app, what, name, obj, skip, options):
     return True if what == "class" and callable(obj) and not ours else None
 
 
+def _copy_mathjax(app, exception):
+    """Copy the MathJax files that ``mathjax_path`` needs into the built site's ``_static/mathjax/``."""
+    if exception is not None or app.builder.format != "html":
+        return
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")  # the package's folder name has dashes
+    if spec is None or spec.origin is None:
+        raise RuntimeError("MathJax missing: pip install sphinx-mathjax-offline (in the docs extra)")
+    source = Path(spec.origin).parent / "static" / "mathjax"
+    target = Path(app.outdir) / "_static" / "mathjax"
+    for name in _MATHJAX_FILES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, dirs_exist_ok=True)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, target / name)
+
+
 def setup(app):
     app.connect("env-check-consistency", _check_every_public_name_is_documented)
     app.connect("autodoc-skip-member", _skip_foreign_members)
+    app.connect("build-finished", _copy_mathjax)

@@ -13,7 +13,7 @@ follow the closed-form curves.
 """
 
 # %%
-# Data: an anisotropic, shifted 2-D Gaussian, the "2d_A" case of the design notes.
+# Data: an anisotropic, shifted 2-D Gaussian, where every quantity has a closed form.
 import matplotlib.pyplot as plt
 import numpy as np
 
