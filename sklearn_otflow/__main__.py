@@ -118,7 +118,7 @@ def _plot(results: dict, X_test: np.ndarray, pca: PCA, path: str) -> None:
     fig.subplots_adjust(left=0.2, right=0.995, top=0.86, bottom=0.01, wspace=0.06, hspace=0.1)
     for row_axes, (name, result) in zip(axes, rows.items()):
         if result is None:
-            draws, label = X_test[:12], "held-out digits"
+            draws, label = X_test[:12], "held-out digits\n(15 components)"
         else:
             model, score, _ = result
             best = getattr(model, "best_estimator_", model)  # a search samples from its best model

@@ -52,12 +52,12 @@ class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMix
     hidden_width : int or "auto", default="auto"
         Width :math:`m` of the residual network. ``"auto"`` is 32 for one or two features, where a step is
         bound by the number of operations and width costs steps, and 64 above, where capacity pays
-        (evidence: the benchmarks page, "The defaults and why"). Give a larger width for data with many
+        (evidence: :ref:`the defaults and why <benchmarks-defaults>`). Give a larger width for data with many
         features: the OT-Flow paper used 128 to 512.
     n_layers : int or "auto", default="auto"
         Number of residual layers. ``"auto"`` is 2 for one or two features (a better score for the time)
-        and 1 above, where one layer trains on a faster trace path (evidence: the benchmarks page, "The
-        defaults and why").
+        and 1 above, where one layer trains on a faster trace path (evidence: :ref:`the defaults and why
+        <benchmarks-defaults>`).
     rank : int, default=10
         Rank of the quadratic part (capped at ``n_features + 1``).
     n_steps : int, default=8
@@ -83,12 +83,12 @@ class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMix
         Number of initializations to try, as in :class:`~sklearn.mixture.GaussianMixture`. Each trains for
         the first 1/25 of its fit's budget, and the fit of the one with the lowest validation NLL then
         runs to the end: ``n_init / 25`` of a fit more than one fit. Worth it on multimodal data
-        (evidence: the benchmarks page, "The defaults and why"). Not used by ``partial_fit`` or a warm
+        (evidence: :ref:`the defaults and why <benchmarks-defaults>`). Not used by ``partial_fit`` or a warm
         start.
     batch_size : int or "auto", default="auto"
         Minibatch size. ``"auto"`` is ``min(256, max(32, n_train // 20))`` rows, ``n_train`` the rows
         left after the validation split (256 in ``partial_fit``), so that a pass over small data is at
-        least 20 steps (evidence: the benchmarks page, "The defaults and why").
+        least 20 steps (evidence: :ref:`the defaults and why <benchmarks-defaults>`).
     learning_rate : float, default=0.02
         Adam's learning rate: constant for the first 60 % of the budget (``max_iter`` or ``max_time``,
         whichever runs out first), then falling linearly to 0 at its end.
@@ -98,14 +98,14 @@ class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMix
         :math:`\eta` the scheduled learning rate, then takes Adam's step; ``0`` is plain Adam. ``"auto"``
         is 0 for one or two features, where fits are limited by bias, and 0.1 above, where they overfit.
         The biases and the potential's quadratic and linear terms (:math:`A`, :math:`b`, :math:`c`: its
-        Gaussian part) are not decayed (evidence: the benchmarks page, "The defaults and why").
+        Gaussian part) are not decayed (evidence: :ref:`the defaults and why <benchmarks-defaults>`).
     ema_decay : float in [0, 1), default=0.995
         Decay :math:`\beta` of the exponential moving average of the weights, :math:`\bar\theta \leftarrow
         \beta\bar\theta + (1-\beta)\theta` after every optimiser step. Validation, early stopping and the
         fitted model use the average; training updates the raw weights. ``0`` turns averaging off. It
         matters where training stops while the learning rate is still high (early stopping, or the
         schedule's constant phase): the validation curve becomes smooth and early stopping picks a better
-        round (evidence: the benchmarks page, "The defaults and why").
+        round (evidence: :ref:`the defaults and why <benchmarks-defaults>`).
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data (at most 2,000 rows), score it as ``score`` does
         after every 100 optimizer steps, keep the best weights, and stop when, during the learning

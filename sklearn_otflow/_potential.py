@@ -98,8 +98,8 @@ class Potential(nn.Module):
         :math:`K_i, b_i`: :class:`torch.nn.Linear`'s (uniform on :math:`\pm 1/\sqrt{\text{fan-in}}`),
         layer by layer; :math:`A`: Glorot-uniform; :math:`b, c` and :math:`w` zero. With :math:`w = 0`
         the network starts switched off and the first flow is the quadratic's linear one, rather than
-        the reference code's random nonlinear flow (:math:`w = 1`; evidence: the benchmarks page, "The
-        defaults and why").
+        the reference code's random nonlinear flow (:math:`w = 1`; evidence: :ref:`the defaults and why
+        <benchmarks-defaults>`).
 
         Examples
         --------
