@@ -58,6 +58,7 @@ html_theme_options = {
 # no left sidebar on single pages: it would only say "Section Navigation" over nothing
 _SINGLE_PAGES = ("index", "install", "user_guide", "when_to_use", "theory", "benchmarks", "changelog")
 html_sidebars = {page: [] for page in _SINGLE_PAGES}
+html_sidebars["auto_examples/*"] = []  # the code boxes get the width: the breadcrumbs lead back to the index
 html_show_sourcelink = False
 
 # -- math: MathJax 3 served from the site itself, so that equations render with no network -----------------

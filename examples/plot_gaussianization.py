@@ -48,6 +48,7 @@ latents = {
     for name, transform in transforms().items()
 }
 
+
 # %%
 # How Gaussian is each output?
 # ----------------------------
@@ -55,17 +56,20 @@ latents = {
 # a :math:`\chi^2_2` distribution: 39 % of the points fall within radius 1, 86 % within 2 and 99 % within
 # 3, and the two coordinates are uncorrelated. The Kolmogorov-Smirnov statistic measures the largest
 # gap between the squared radii and :math:`\chi^2_2` (0 is a perfect match).
-print(f"{'':>19}  within 1   within 2   within 3   correlation   KS")
-expected = [stats.chi2.cdf(r**2, df=2) for r in (1, 2, 3)]
-print(f"{'N(0, I)':>19}" + "".join(f"{p:9.3f}  " for p in expected), end="")
-print(f"{0:11.3f} {0:9.3f}")
-for name, Z in latents.items():
+def gaussianity(Z):
+    """Shares within radius 1, 2 and 3, the correlation, and the KS statistic."""
     r2 = (Z**2).sum(axis=1)
     within = [np.mean(r2 <= r**2) for r in (1, 2, 3)]
-    corr = np.corrcoef(Z.T)[0, 1]
     ks = stats.kstest(r2, "chi2", args=(2,)).statistic
-    print(f"{name:>19}" + "".join(f"{p:9.3f}  " for p in within), end="")
-    print(f"{corr:11.3f} {ks:9.3f}")
+    return [*within, np.corrcoef(Z.T)[0, 1], ks]
+
+
+rows = {"N(0, I)": [stats.chi2.cdf(r**2, df=2) for r in (1, 2, 3)] + [0, 0]}
+rows.update({name: gaussianity(Z) for name, Z in latents.items()})
+header = ["within 1", "within 2", "within 3", "correlation", "KS"]
+print(" " * 19 + "".join(f"{title:>12}" for title in header))
+for name, row in rows.items():
+    print(f"{name:>19}" + "".join(f"{value:12.3f}" for value in row))
 
 # %%
 # Only the flow's output is close to :math:`\mathcal N(0, I)` as a whole. The quantile transform makes
@@ -100,9 +104,9 @@ for name, transform in transforms().items():
 # %%
 # Not necessarily: here the flow's latent gives a slightly lower accuracy than the raw features. The
 # flow Gaussianizes the data as a whole, not each class, and nothing makes its latent better for
-# separating the classes. Use the latent where a joint Gaussian is what you need: as a density model's coordinates,
-# for outlier scores (:math:`\lVert z \rVert` is large for unlikely points), or as the input of a method
-# that assumes normal data. Whether it helps a classifier, cross-validation tells; the flow's parameters
-# can be tuned for the classifier's accuracy in the same search, e.g.
+# separating the classes. Use the latent where a joint Gaussian is what you need: as a density model's
+# coordinates, for outlier scores (:math:`\lVert z \rVert` is large for unlikely points), or as the
+# input of a method that assumes normal data. Whether it helps a classifier, cross-validation tells;
+# the flow's parameters can be tuned for the classifier's accuracy in the same search, e.g.
 # ``{"otflowdensity__alpha": [10.0, 100.0, 1000.0]}``.
 plt.show()
