@@ -23,8 +23,6 @@ import numpy as np
 from scipy import stats
 from sklearn.datasets import make_moons
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
 from sklearn_otflow import OTFlowDensity
@@ -33,19 +31,16 @@ X, y = make_moons(n_samples=600, noise=0.2, random_state=0)
 X_new, y_new = make_moons(n_samples=2000, noise=0.2, random_state=1)
 
 
-def transforms():
-    return {
-        "StandardScaler": StandardScaler(),
-        "QuantileTransformer": QuantileTransformer(
-            n_quantiles=200, output_distribution="normal", random_state=0
-        ),
-        "OTFlowDensity": OTFlowDensity(max_iter=500, random_state=0),
-    }
-
-
+transforms = {
+    "StandardScaler": StandardScaler(),
+    "QuantileTransformer": QuantileTransformer(
+        n_quantiles=200, output_distribution="normal", random_state=0
+    ),
+    "OTFlowDensity": OTFlowDensity(max_iter=500, random_state=0),
+}
 latents = {
     name: transform.fit(X).transform(X_new)
-    for name, transform in transforms().items()
+    for name, transform in transforms.items()
 }
 
 
@@ -89,16 +84,16 @@ fig.tight_layout()
 # %%
 # Does a Gaussian latent help a classifier?
 # -----------------------------------------
-# Each transform can feed a :class:`~sklearn.linear_model.LogisticRegression` in a
-# :class:`~sklearn.pipeline.Pipeline`; every fold fits the whole pipeline, flow included, on its
-# training part only. The flow is fitted without the labels (``Pipeline`` passes them and
-# ``OTFlowDensity.fit`` ignores them).
-cv = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
-for name, transform in transforms().items():
-    pipe = make_pipeline(transform, LogisticRegression())
-    scores = cross_val_score(pipe, X, y, cv=cv)
+# Each transform, fitted above on the 600 rows, feeds a
+# :class:`~sklearn.linear_model.LogisticRegression` fitted on the same rows, and the pair is scored on
+# the 2,000 new ones. The flow was fitted without the labels. In a :class:`~sklearn.pipeline.Pipeline`,
+# ``make_pipeline(OTFlowDensity(), LogisticRegression())`` is the same as one estimator (the pipeline
+# passes the labels, and ``OTFlowDensity.fit`` ignores them).
+for name, transform in transforms.items():
+    classifier = LogisticRegression().fit(transform.transform(X), y)
+    accuracy = classifier.score(transform.transform(X_new), y_new)
     print(
-        f"{name:>19} + LogisticRegression: {scores.mean():.3f} ± {scores.std():.3f}"
+        f"{name:>19} + LogisticRegression: accuracy {accuracy:.3f} on new data"
     )
 
 # %%

@@ -234,13 +234,15 @@ def _steps_run(history) -> int:
 def _stop_reason(net: OTFlowNet) -> str:
     """Why ``net``'s training ended, as ``stopped_by_`` says."""
     callbacks = dict(net.callbacks_)
+    budget = callbacks.get("budget")
+    if budget is not None and budget.stopped_by_ is not None:
+        return budget.stopped_by_  # the budget ran out (early stopping may agree at that last round)
     stop = callbacks.get("early_stopping")
     if stop is not None and stop.misses_ >= stop.patience:
         return "early stopping"
-    budget = callbacks.get("budget")
     if budget is None:  # partial_fit: one pass over its chunk
         return "pass"
-    return budget.stopped_by_ or "max_iter"
+    return "max_iter"
 
 
 def _load_weights(new: Potential, old: Potential) -> None:

@@ -206,3 +206,21 @@ def test_rebaseline_makes_a_score_the_one_to_beat():
     stop = EarlyStoppingInTheFall(monitor="valid_nll", threshold=0.1, threshold_mode="rel")
     stop.rebaseline(2.0)
     assert stop.dynamic_threshold_ == pytest.approx(1.8)  # skorch's rule: score (1 - threshold)
+
+
+@pytest.mark.parametrize(
+    ("budget_stop", "misses", "expected"),
+    [
+        ("max_time", 3, "max_time"),  # the budget ran out; early stopping agreeing at that round says nothing
+        ("max_iter", 3, "max_iter"),
+        (None, 3, "early stopping"),  # early stopping ended training before the budget ran out
+        (None, 1, "max_iter"),
+    ],
+)
+def test_stopped_by_names_what_ended_training(budget_stop, misses, expected):
+    from types import SimpleNamespace
+
+    budget = SimpleNamespace(stopped_by_=budget_stop)
+    stop = SimpleNamespace(misses_=misses, patience=3)
+    net = SimpleNamespace(callbacks_=[("budget", budget), ("early_stopping", stop)])
+    assert training_module._stop_reason(net) == expected
