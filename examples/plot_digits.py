@@ -69,7 +69,6 @@ for name, model in models.items():
 # other splits of the same data the order of the flow and the mixture can change, while both stay
 # ahead of the kernel density (:doc:`/benchmarks`).
 #
-# %%
 # 44 new digits from each model
 # -----------------------------
 # Each model samples 44 points in the PCA space; ``pca.inverse_transform`` turns them back into images.

@@ -28,7 +28,7 @@ X, _ = load_wine(return_X_y=True)
 print(f"{X.shape[0]} wines, {X.shape[1]} measurements")
 print(
     "feature scales (standard deviations):",
-    np.array2string(X.std(axis=0), precision=2),
+    np.array2string(X.std(axis=0), precision=2, max_line_width=72),
 )
 
 # %%
