@@ -80,7 +80,7 @@ def _fit_all(title: str, X_train: np.ndarray, X_test: np.ndarray) -> dict:
 
 
 def _report(table: dict) -> None:
-    print("\nheld-out mean log-likelihood in nats per row (higher is better), fit seconds in brackets")
+    print("\nheld-out mean log-likelihood in nats per row (higher is better), fit seconds in parentheses")
     names = (*PEERS, "OTFlowDensity")
     print(f"{'':<34}" + "".join(f"{name:>20}" for name in names))
     for title, results in table.items():
