@@ -1,8 +1,8 @@
 """Sphinx configuration of the sklearn-otflow documentation.
 
-Build from the repository root (the same command as in the README and ``.ci/run``)::
+Build from the repository root (the README's command; ``.ci/run`` runs it after its torch pin)::
 
-    pip install torch==2.13.0 && pip install -e ".[docs]" && sphinx-build -W -b html docs docs/_build/html
+    pip install -e ".[docs]" && sphinx-build -W -b html docs docs/_build/html
 
 ``-D plot_gallery=0`` skips running the gallery examples, for a quick look at the text.
 """
