@@ -117,7 +117,7 @@ class _Parser(HTMLParser):
             )
             for url in urls:
                 self.page.links.append(Link(line, tag, url))
-                external = _external(url) and url.lower().startswith(("http:", "https:", "//"))
+                external = url.lower().startswith(("http:", "https:", "//"))  # over the network
                 rels = set((values.get("rel") or "").lower().split())
                 if external and (tag == "script" or (tag == "link" and rels & NEEDED_RELS)):
                     self.page.network.append(Link(line, tag, url))
