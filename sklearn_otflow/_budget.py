@@ -31,9 +31,12 @@ class BatchStream:
 
     The minibatches are consecutive slices of a shuffled order of the rows; a round starts where the
     previous one ended, and a new order is drawn when one is used up, so every row is seen once per
-    pass over the data whatever the round length (the last minibatch of a pass may be smaller). A
-    round ends early when ``budget`` says it is exhausted. Each minibatch is fetched with one indexing
-    of the dataset, as in :func:`batch_loader`.
+    pass over the data whatever the round length (the last minibatch of a pass may be smaller). With
+    ``weighted`` (the dataset's ``y`` are sample weights), a pass is as many rows drawn with
+    replacement in proportion to their weights: a minibatch's plain mean is then an unbiased estimate
+    of the weighted mean over the data, and a row of weight 2 is drawn as often as two copies of it
+    would be. A round ends early when ``budget`` says it is exhausted. Each minibatch is fetched with
+    one indexing of the dataset, as in :func:`batch_loader`.
 
     Parameters
     ----------
@@ -49,6 +52,8 @@ class BatchStream:
         Consulted before every minibatch.
     shuffle : bool, default=True
         Draw a random order (else the rows' own).
+    weighted : bool, default=False
+        Draw the rows in proportion to the dataset's ``y``, their sample weights.
 
     Examples
     --------
@@ -68,15 +73,23 @@ class BatchStream:
         round_len: int | None = None,
         budget: Budget | None = None,
         shuffle: bool = True,
+        weighted: bool = False,
     ) -> None:
         self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
-        self.round_len, self.budget, self.shuffle = round_len, budget, shuffle
-        self._order, self._pos = None, 0
+        self.round_len, self.budget, self.shuffle, self.weighted = round_len, budget, shuffle, weighted
+        self._order, self._pos, self._weights = None, 0, None
 
     def _next_rows(self) -> list[int]:
         n = len(self.dataset)
         if self._order is None or self._pos >= n:
-            self._order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            if self.weighted:
+                if self._weights is None:
+                    self._weights = torch.as_tensor(self.dataset[list(range(n))][1], dtype=torch.float64)
+                self._order = torch.multinomial(self._weights, n, replacement=True, generator=self.generator)
+            elif self.shuffle:
+                self._order = torch.randperm(n, generator=self.generator)
+            else:
+                self._order = torch.arange(n)
             self._pos = 0
         rows = self._order[self._pos : self._pos + self.batch_size]
         self._pos += len(rows)

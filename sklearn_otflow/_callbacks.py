@@ -22,7 +22,6 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from ._budget import DECAY_SHARE, Budget, StopTraining
-from ._loss import log_prob
 
 __all__ = [
     "EarlyStoppingInTheFall",
@@ -169,9 +168,7 @@ class StepRefinement(Callback):
         n = module.n_steps
         if self.refinements_ < self.max_refinements:
             with torch.no_grad():
-                coarse, fine = (
-                    -log_prob(module.potential, self.probe_, steps).mean().item() for steps in (n, 2 * n)
-                )
+                coarse, fine = (-module.log_prob(self.probe_, steps).mean().item() for steps in (n, 2 * n))
             if not abs(coarse - fine) <= self.tolerance:  # also NaN: FiniteGuard deals with that
                 module.n_steps = math.ceil(1.5 * n)
                 if self.eval_follows and 2 * module.n_steps > module.n_steps_eval:
@@ -303,12 +300,14 @@ class Progress(Callback):
 @torch.no_grad()
 def _valid_nll(net, dataset) -> float:
     """Mean negative log-likelihood of ``dataset`` under ``net``'s module, with its evaluation steps, as
-    validation computes it (``valid_nll``)."""
-    module, total, rows = net.module_, 0.0, 0
-    for X, _ in net.get_iterator(dataset, training=False):
-        X = torch.as_tensor(X, device=net.device)
-        total -= log_prob(module.potential, X, module.n_steps_eval).sum().item()
-        rows += len(X)
+    validation computes it (``valid_nll``; weighted where the net has sample weights)."""
+    module, total, rows = net.module_, 0.0, 0.0
+    weighted = net.criterion_.weighted
+    for X, w in net.get_iterator(dataset, training=False):
+        log_p = module.log_prob(torch.as_tensor(X, device=net.device), module.n_steps_eval)
+        w = torch.as_tensor(w, device=net.device, dtype=log_p.dtype) if weighted else None
+        total -= (log_p.sum() if w is None else w @ log_p).item()
+        rows += len(X) if w is None else w.sum().item()
     return total / rows
 
 

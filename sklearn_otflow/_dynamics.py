@@ -119,11 +119,9 @@ def _field(tracer: Tracer, t: float, y: Tensor, weight: float = 1.0):
     ``weight`` the stage's weight in the step's update.
     """
     d, n = tracer.d, y.shape[0]
-    s = tracer.stage_input(y, weight)  # (x, t), samples last
-    s[:d] = y[:, :d].t()
-    s[d] = t
+    s = tracer.stage_input(y, t, weight)  # (x, c, t), samples last
     grad, trace, saved = tracer.forward(s)
-    gx, gt = grad[:d], grad[d]
+    gx, gt = grad[:d], grad[-1]
     dL = 0.5 * (gx * gx).sum(0)
     r = gt - dL
     out = y.new_empty(n, d + 3)
@@ -141,9 +139,9 @@ def _field_vjp(tracer: Tracer, tape, G_out: Tensor, need_x: bool, w_done: bool =
     d = tracer.d
     gx, sign_r, saved = tape
     G_R = sign_r * G_out[:, d + 2]  # |r|, r = g_t - dL
-    G = G_out.new_empty(d + 1, G_out.shape[0])  # gradient with respect to grad = (g_x, g_t)
+    G = G_out.new_zeros(tracer.p.K0.shape[1], G_out.shape[0])  # with respect to grad = (g_x, g_c, g_t)
     torch.addcmul(G_out[:, :d].t().neg(), gx, (G_out[:, d + 1] - G_R).unsqueeze(0), out=G[:d])  # -g_x, dL
-    G[d] = G_R
+    G[-1] = G_R
     G_s = tracer.backward(saved, G, -G_out[:, d], need_x, w_done)
     return None if G_s is None else G_s[:d].t()
 
@@ -254,6 +252,7 @@ def flow(
     n_steps: int,
     inverse: bool = False,
     gemm_dtype: torch.dtype | None = None,
+    context: Tensor | None = None,
 ) -> State:
     r"""Push ``x`` along the flow; returns ``(z, ell, L, R)``, each with a leading batch dimension.
 
@@ -275,6 +274,9 @@ def flow(
         Integrate from :math:`t = 1` back to :math:`t = 0`.
     gemm_dtype : torch.dtype, default=None
         Precision of the trace's block products (see :meth:`Potential.grad_and_trace`).
+    context : Tensor of shape (n, q) or None, default=None
+        The condition of each point, for a potential with ``n_context`` q > 0: the flow moves ``x``
+        only, along :math:`-\nabla_x\Phi(x, c, t)`.
 
     Returns
     -------
@@ -303,8 +305,9 @@ def flow(
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in potential.parameters())):
         if n_steps < 1:
             raise ValueError(f"Expected n_steps >= 1, got {n_steps}.")
-        tracer = potential.tracer(n, gd, n_stages=len(RK4.c) * n_steps, training=True)
+        tracer = potential.tracer(n, gd, n_stages=len(RK4.c) * n_steps, training=True, context=context)
         y = _RK4Flow.apply(tracer, RK4, t0, t1, n_steps, y0, *tracer.p.flat())
     else:
-        (y,) = odeint_rk4(_characteristics(potential.tracer(n, gd)), (y0,), t0, t1, n_steps)
+        tracer = potential.tracer(n, gd, context=context)
+        (y,) = odeint_rk4(_characteristics(tracer), (y0,), t0, t1, n_steps)
     return y[:, :d], y[:, d], y[:, d + 1], y[:, d + 2]

@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from . import _training
 from ._evaluation import FittedFlowMixin
 from ._net import DTYPES
+from ._validation import check_input, given_standardization
 
 __all__ = ["OTFlowDensity"]
 
@@ -281,7 +282,7 @@ class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMix
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Fit the flow to ``X``.
 
         Parameters
@@ -290,6 +291,11 @@ class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMix
             Training data; at least 2 samples, finite values.
         y : None
             Ignored; present for API consistency.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the rows (importance or survey weights; ``None``: all equal). The
+            fit is that of the rows repeated in proportion to their weights: the standardization uses
+            weighted moments, training draws its minibatches in proportion to the weights, and
+            validation and early stopping use weighted means. Rows of weight 0 are left out.
 
         Returns
         -------
@@ -306,10 +312,10 @@ class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMix
         (2, (2,), (2,))
         """
         with _kept_on_failure(self):
-            return _training.fit(self, X)
+            return _training.fit(self, X, sample_weight=sample_weight)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None, *, mean=None, scale=None):
+    def partial_fit(self, X, y=None, sample_weight=None, *, mean=None, scale=None):
         """One pass of training over ``X``, for data that arrive in chunks.
 
         The first call fixes the standardization (``mean`` and ``scale``, else this chunk's own); a
@@ -325,6 +331,9 @@ class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMix
             fix the standardization), 1 in later calls.
         y : None
             Ignored; present for API consistency.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the chunk's rows (see :meth:`fit`); a first call without a given
+            standardization uses them for its moments.
         mean : array-like of shape (n_features,), default=None
             Standardization offset, first call only. Requires ``scale``.
         scale : array-like of shape (n_features,), default=None
@@ -347,11 +356,25 @@ class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMix
         (3, (5,))
         """
         with _kept_on_failure(self):
-            return _training.partial_fit(self, X, mean, scale)
+            return _training.partial_fit(self, X, sample_weight=sample_weight, mean=mean, scale=scale)
 
     @property
     def _n_features_out(self):
         return self.n_features_in_
+
+    # ------------------------------------------------------------------ what _training asks
+
+    def _check_fit_data(self, X, y, reset: bool, min_samples: int):
+        """The rows that flow and their condition (none: an unconditional density)."""
+        return check_input(self, X, reset=reset, min_samples=min_samples), None
+
+    def _standardize(self, X, context, weights, mean=None, scale=None) -> None:
+        """Set ``mean_`` and ``scale_`` (``mean`` and ``scale`` if given, else ``X``'s)."""
+        self.mean_, self.scale_ = given_standardization(X, mean, scale, self.standardize, weights)
+
+    def _flow_dims(self) -> tuple[int, int]:
+        """The number of coordinates that flow and of their condition."""
+        return self.n_features_in_, 0
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -22,9 +22,9 @@ from ._dynamics import flow
 from ._hardware import thread_share
 from ._loss import negative_log_likelihood
 from ._potential import Potential
-from ._validation import check_input
+from ._validation import check_input, check_weights
 
-__all__ = ["FittedFlowMixin", "evaluate", "latent_only", "log_prob_only"]
+__all__ = ["FittedFlowMixin", "evaluate", "latent_only", "log_prob_only", "weighted_mean"]
 
 
 def evaluate(
@@ -37,11 +37,13 @@ def evaluate(
     keep=None,
     finite: bool = True,
     device: torch.device | str = "cpu",
+    context: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Flow rows ``X`` in float64 through batches of bounded size; numpy outputs.
 
     Forward, ``X`` is data in the caller's units, standardized batch by batch with ``mean`` and
-    ``scale``; inverse, ``X`` is latent and the first output comes back in the caller's units. ``keep``
+    ``scale``; inverse, ``X`` is latent and the first output comes back in the caller's units.
+    ``context``: each row's condition, standardized, for a conditional potential. ``keep``
     maps a batch's end state ``(z, ell, L, R)`` to the tensors to return (default: all four), so that
     only what the caller needs is kept for every row. Memory beyond ``X`` and the outputs is one batch's
     worth. With ``finite``, a row whose outputs are not finite (float64 overflows along its flow) raises.
@@ -55,7 +57,8 @@ def evaluate(
             rebalance()
             # a copy: as_tensor would share a read-only X's memory, which torch warns about
             x = torch.tensor(X[start : start + rows], dtype=torch.float64, device=device)
-            state = flow(potential, x if inverse else (x - mean) / scale, n_steps, inverse=inverse)
+            c = None if context is None else torch.tensor(context[start : start + rows], device=device)
+            state = flow(potential, x if inverse else (x - mean) / scale, n_steps, inverse=inverse, context=c)
             if inverse:
                 state = (state[0] * scale + mean, *state[1:])
             parts = [t.cpu().numpy() for t in (keep(*state) if keep else state)]
@@ -80,6 +83,12 @@ def _check_finite(outs: tuple[np.ndarray, ...], what: str) -> None:
             f"{np.flatnonzero(bad)[0]}): they lie too far from the training data for their results to "
             "be represented. Expected rows within about 1e150 standard deviations of the training data."
         )
+
+
+def weighted_mean(values: np.ndarray, sample_weight) -> float:
+    """The mean of ``values``, weighted by ``sample_weight`` (checked) if given."""
+    weights = check_weights(sample_weight, len(values))
+    return float(np.mean(values) if weights is None else np.average(values, weights=weights))
 
 
 def latent_only(z, ell, L, R):
@@ -119,7 +128,7 @@ class FittedFlowMixin(TransformerMixin):
         """
         return self._flow(X, keep=log_prob_only)[0] - np.log(self.scale_).sum()
 
-    def score(self, X, y=None):
+    def score(self, X, y=None, sample_weight=None):
         """Mean log-likelihood of ``X`` (scikit-learn's convention for GaussianMixture), higher is better.
 
         Parameters
@@ -127,6 +136,8 @@ class FittedFlowMixin(TransformerMixin):
         X : array-like of shape (n_samples, n_features)
         y : None
             Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows: the mean becomes :math:`\\sum_i w_i \\log p(x_i) / \\sum_i w_i`.
 
         Returns
         -------
@@ -142,7 +153,7 @@ class FittedFlowMixin(TransformerMixin):
         >>> type(est.score(X)).__name__
         'float'
         """
-        return float(np.mean(self.score_samples(X)))
+        return weighted_mean(self.score_samples(X), sample_weight)
 
     def sample(self, n_samples=1, random_state=None):
         """Draw samples: latent :math:`z \\sim \\mathcal N(0, I)` flowed back from :math:`t = 1` to 0.
@@ -258,10 +269,17 @@ class FittedFlowMixin(TransformerMixin):
         return self._run(X, keep=keep)
 
     def _run(
-        self, X: np.ndarray, inverse: bool = False, keep=None, n_steps: int | None = None, finite: bool = True
+        self,
+        X: np.ndarray,
+        inverse: bool = False,
+        keep=None,
+        n_steps: int | None = None,
+        finite: bool = True,
+        context: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """:func:`evaluate` with the fitted flow and ``n_steps`` (default ``n_steps_eval_``), on the net's
-        device (skorch loads a CUDA-pickled net on the CPU where none exists)."""
+        device (skorch loads a CUDA-pickled net on the CPU where none exists); ``context``: the rows'
+        standardized condition (conditional density)."""
         potential, device = self.net_.module_.potential, torch.device(self.net_.device)
         return evaluate(
             potential,
@@ -273,4 +291,5 @@ class FittedFlowMixin(TransformerMixin):
             keep=keep,
             finite=finite,
             device=device,
+            context=context,
         )

@@ -7,7 +7,9 @@ Per sample, with :math:`(z, \ell, L, R)` the end state of :func:`~sklearn_otflow
     C = \tfrac12\|z\|^2 + \tfrac d2\log 2\pi - \ell \quad\text{(negative log-likelihood, nats)},
     \qquad J = \operatorname{mean}\bigl[L + \alpha C + \alpha_{\mathrm{hjb}} R\bigr],
 
-and :math:`\log p(x) = -C`. :math:`\alpha` weighs the likelihood against the transport cost (Li & Jing's
+and :math:`\log p(x) = -C`. With sample weights :math:`w_i` the mean is
+:math:`\sum_i w_i(\cdot)_i / \sum_i w_i`. For a conditional density the flow and :math:`C` are those
+of :math:`x` given its condition. :math:`\alpha` weighs the likelihood against the transport cost (Li & Jing's
 :math:`\alpha`); model selection should use the held-out :math:`-C`, never :math:`J`, which moves with
 :math:`\alpha`.
 """
@@ -23,7 +25,7 @@ from torch import Tensor
 from ._dynamics import flow
 from ._potential import Potential
 
-__all__ = ["Objective", "objective", "weighted_objective", "log_prob", "negative_log_likelihood"]
+__all__ = ["Objective", "batch_objective", "objective", "log_prob", "negative_log_likelihood"]
 
 
 class Objective(NamedTuple):
@@ -61,10 +63,17 @@ def negative_log_likelihood(z: Tensor, ell: Tensor) -> Tensor:
     return 0.5 * (z * z).sum(1) + 0.5 * d * math.log(2.0 * math.pi) - ell
 
 
-def weighted_objective(state: tuple[Tensor, ...], alpha: float, alpha_hjb: float) -> Objective:
-    r""":math:`J` and its parts from a flowed batch's end state ``(z, ell, L, R)``."""
+def batch_objective(
+    state: tuple[Tensor, ...], alpha: float, alpha_hjb: float, weights: Tensor | None = None
+) -> Objective:
+    r""":math:`J` and its parts from a flowed batch's end state ``(z, ell, L, R)``; with ``weights``
+    (n,), their weighted means."""
     z, ell, L, R = state
-    L, C, R = L.mean(), negative_log_likelihood(z, ell).mean(), R.mean()
+    C = negative_log_likelihood(z, ell)
+    if weights is None:
+        L, C, R = L.mean(), C.mean(), R.mean()
+    else:
+        L, C, R = (weights @ v / weights.sum() for v in (L, C, R))
     return Objective(L + alpha * C + alpha_hjb * R, L, C, R)
 
 
@@ -75,6 +84,8 @@ def objective(
     alpha_hjb: float,
     n_steps: int,
     gemm_dtype: torch.dtype | None = None,
+    context: Tensor | None = None,
+    weights: Tensor | None = None,
 ) -> Objective:
     r"""OT-Flow's batch objective :math:`J` and its parts.
 
@@ -95,6 +106,10 @@ def objective(
         Number of RK4 steps.
     gemm_dtype : torch.dtype, default=None
         Precision of the trace's block products (see :meth:`Potential.grad_and_trace`).
+    context : Tensor of shape (n, q) or None, default=None
+        The condition of each row, for a conditional potential (see :func:`flow`).
+    weights : Tensor of shape (n,) or None, default=None
+        Sample weights: the means become :math:`\sum_i w_i(\cdot)_i / \sum_i w_i`.
 
     Returns
     -------
@@ -110,10 +125,11 @@ def objective(
     >>> out.loss.shape, out.nll.shape
     (torch.Size([]), torch.Size([]))
     """
-    return weighted_objective(flow(potential, x, n_steps, gemm_dtype=gemm_dtype), alpha, alpha_hjb)
+    state = flow(potential, x, n_steps, gemm_dtype=gemm_dtype, context=context)
+    return batch_objective(state, alpha, alpha_hjb, weights)
 
 
-def log_prob(potential: Potential, x: Tensor, n_steps: int) -> Tensor:
+def log_prob(potential: Potential, x: Tensor, n_steps: int, context: Tensor | None = None) -> Tensor:
     r"""Exact :math:`\log p(x) = -\tfrac12\|z(1)\|^2 - \tfrac d2\log 2\pi + \ell(1)`, shape (n,).
 
     Exact up to the RK4 integration, in the potential's coordinates (no standardization).
@@ -126,6 +142,8 @@ def log_prob(potential: Potential, x: Tensor, n_steps: int) -> Tensor:
         Points to score.
     n_steps : int
         Number of RK4 steps.
+    context : Tensor of shape (n, q) or None, default=None
+        The condition of each point, for a conditional potential: :math:`\log p(x \mid c)`.
 
     Returns
     -------
@@ -140,5 +158,5 @@ def log_prob(potential: Potential, x: Tensor, n_steps: int) -> Tensor:
     >>> log_prob(phi, torch.randn(5, 2), n_steps=4).shape
     torch.Size([5])
     """
-    z, ell, _, _ = flow(potential, x, n_steps)
+    z, ell, _, _ = flow(potential, x, n_steps, context=context)
     return -negative_log_likelihood(z, ell)

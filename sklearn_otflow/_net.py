@@ -6,8 +6,12 @@ supplies what is specific to OT-Flow, on skorch's named override points:
 
 - :class:`FlowModule` pushes a batch along the flow: ``(z, ell, L, R)``; in training mode with the
   training step count and block precision, in evaluation mode (validation) exactly and with the
-  evaluation step count, so that early stopping sees the likelihood that ``score`` will report.
+  evaluation step count, so that early stopping sees the likelihood that ``score`` will report. A
+  batch's rows are the standardized values that flow, then (conditional density) their condition.
 - :class:`OTFlowLoss` turns that into :math:`J = \operatorname{mean}[L + \alpha C + \alpha_{hjb} R]`.
+  With sample weights (skorch's ``y``), training draws its minibatches in proportion to the weights
+  (:class:`~sklearn_otflow._budget.BatchStream`), so that the plain mean is an unbiased estimate of the
+  weighted objective; validation takes the weighted mean.
 - :class:`OTFlowNet` records the three parts per batch (``train_nll``, ``valid_nll``, ...), which
   :class:`skorch.callbacks.PassthroughScoring` turns into per-round history columns (``get_loss``), and
   tells an interrupt (Ctrl-C) from a callback's stop (``fit_loop``).
@@ -37,7 +41,7 @@ from ._budget import BatchStream, Budget, StopTraining
 from ._callbacks import EarlyStoppingInTheFall, FiniteGuard, Progress, StepRefinement, WeightAveraging
 from ._dynamics import flow
 from ._hardware import check_device
-from ._loss import Objective, weighted_objective
+from ._loss import Objective, batch_objective, log_prob
 from ._potential import Potential
 from ._trace import reuse_scratch
 
@@ -56,7 +60,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class FlowModule(nn.Module):
-    """The potential, called on a batch: returns its end state ``(z, ell, L, R)`` along the flow."""
+    """The potential, called on a batch: returns its end state ``(z, ell, L, R)`` along the flow.
+
+    A batch has ``n_features`` columns that flow, then ``n_context`` of their condition.
+    """
 
     def __init__(
         self,
@@ -69,32 +76,46 @@ class FlowModule(nn.Module):
         dtype: torch.dtype = torch.float32,
         gemm_dtype: torch.dtype | None = None,
         seed: int | None = None,
+        n_context: int = 0,
     ) -> None:
         super().__init__()
         # a generator of its own: fits in concurrent threads neither race on torch's global one nor move it
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        self.potential = Potential(n_features, width, n_layers, rank, generator).to(dtype)
+        self.potential = Potential(n_features, width, n_layers, rank, n_context, generator).to(dtype)
         self.n_steps, self.n_steps_eval, self.gemm_dtype = n_steps, n_steps_eval or n_steps, gemm_dtype
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def split(self, batch: Tensor) -> tuple[Tensor, Tensor | None]:
+        """A batch's rows as ``(x, context)``: the columns that flow, and their condition (or ``None``)."""
+        d = self.potential.n_features
+        return batch[:, :d], batch[:, d:] if self.potential.n_context else None
+
+    def forward(self, batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x, context = self.split(batch)
         if self.training:
-            return flow(self.potential, x, self.n_steps, gemm_dtype=self.gemm_dtype)
-        return flow(self.potential, x, self.n_steps_eval)
+            return flow(self.potential, x, self.n_steps, gemm_dtype=self.gemm_dtype, context=context)
+        return flow(self.potential, x, self.n_steps_eval, context=context)
+
+    def log_prob(self, batch: Tensor, n_steps: int) -> Tensor:
+        """:func:`~sklearn_otflow._loss.log_prob` of a batch's rows with ``n_steps`` RK4 steps."""
+        x, context = self.split(batch)
+        return log_prob(self.potential, x, n_steps, context)
 
 
 class OTFlowLoss(nn.Module):
-    """OT-Flow's objective from a flowed batch: ``Objective(loss, transport, nll, hjb)``."""
+    """OT-Flow's objective from a flowed batch: ``Objective(loss, transport, nll, hjb)``; ``weighted``:
+    the batches come with sample weights, which validation's means use (:class:`OTFlowNet`)."""
 
-    def __init__(self, alpha: float, alpha_hjb: float) -> None:
+    def __init__(self, alpha: float, alpha_hjb: float, weighted: bool = False) -> None:
         super().__init__()
+        self.weighted = weighted
         self.set_weights(alpha, alpha_hjb)
 
     def set_weights(self, alpha: float, alpha_hjb: float) -> None:
         """The loss weights, changed in place (skorch's ``set_params`` would re-create the optimiser)."""
         self.alpha, self.alpha_hjb = alpha, alpha_hjb
 
-    def forward(self, y_pred: tuple[Tensor, ...], y_true=None) -> Objective:
-        return weighted_objective(y_pred, self.alpha, self.alpha_hjb)
+    def forward(self, y_pred: tuple[Tensor, ...], weights: Tensor | None = None) -> Objective:
+        return batch_objective(y_pred, self.alpha, self.alpha_hjb, weights)
 
 
 class OTFlowNet(NeuralNet):
@@ -132,11 +153,21 @@ class OTFlowNet(NeuralNet):
         self.history.record("iter", before + self.history[-1].get("train_batch_count", 0))
 
     def get_loss(self, y_pred, y_true, X=None, training=False) -> Tensor:
-        out = self.criterion_(y_pred)
+        """The batch's objective; its parts go to the history. With sample weights (``y_true``),
+        training's minibatches were drawn in proportion to them (plain means), validation's were not
+        (weighted means, and the batch's total weight stands for its size: :meth:`on_batch_end`)."""
+        weights = y_true if self.criterion_.weighted and not training else None
+        out = self.criterion_(y_pred, weights)
         prefix = "train" if training else "valid"
         for name in ("nll", "transport", "hjb"):
             self.history.record_batch(f"{prefix}_{name}", getattr(out, name).item())
         return out.loss
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        """With sample weights, a validation batch's size in the history is its total weight, so that
+        the round's means (:class:`~skorch.callbacks.PassthroughScoring`) are weighted means."""
+        if self.criterion_.weighted and not training:
+            self.history.record_batch("valid_batch_size", float(batch[1].sum()))
 
 
 def batch_loader(
@@ -223,8 +254,10 @@ def build_net(
     split_seed: int | None = None,
     deadline: float | None = None,
     trial: bool = False,
+    weighted: bool = False,
 ) -> OTFlowNet:
-    """The skorch net that ``est``'s parameters describe, for ``n_samples`` rows of ``n_features_in_``.
+    """The skorch net that ``est``'s parameters describe, for ``n_samples`` rows of the shape that
+    ``est._flow_dims()`` gives (``weighted``: with sample weights as skorch's ``y``).
 
     It trains with ``n_steps`` (default: the parameter) to start with, its minibatch order seeded by
     ``seed`` and its validation split by ``split_seed`` (default: ``seed``), for a budget of
@@ -235,8 +268,8 @@ def build_net(
     restarted at each call would hold every chunk back to its starting weights).
     """
     n_steps = n_steps or est.n_steps
-    device, d = check_device(est.device), est.n_features_in_
-    width = _auto.width(est.hidden_width, d)
+    device, (d, q) = check_device(est.device), est._flow_dims()
+    width = _auto.width(est.hidden_width, d + q)
     validate = est.early_stopping and not streaming
     scores = [
         PassthroughScoring(f"{prefix}_{name}", on_train=prefix == "train")
@@ -281,8 +314,9 @@ def build_net(
     return OTFlowNet(
         FlowModule,
         module__n_features=d,
+        module__n_context=q,
         module__width=width,
-        module__n_layers=_auto.n_layers(est.n_layers, d),
+        module__n_layers=_auto.n_layers(est.n_layers, d + q),
         module__rank=est.rank,
         module__n_steps=n_steps,
         module__n_steps_eval=_auto.eval_steps(est.n_steps_eval, n_steps),
@@ -292,8 +326,9 @@ def build_net(
         criterion=OTFlowLoss,
         criterion__alpha=float(est.alpha),
         criterion__alpha_hjb=float(est.alpha_hjb),
+        criterion__weighted=weighted,
         optimizer=torch.optim.AdamW,
-        optimizer__weight_decay=_auto.weight_decay(est.weight_decay, d),
+        optimizer__weight_decay=_auto.weight_decay(est.weight_decay, d + q),
         optimizer__param_groups=_UNDECAYED,
         lr=est.learning_rate,
         max_epochs=rounds,
@@ -304,6 +339,7 @@ def build_net(
         iterator_train__generator=torch.Generator().manual_seed(seed),
         iterator_train__round_len=None if streaming else _auto.VALIDATION_INTERVAL,
         iterator_train__budget=budget,
+        iterator_train__weighted=weighted,
         # validation is evaluation: no gradients, so score's batches (fewer tensor operations)
         iterator_valid=batch_loader,
         iterator_valid__batch_size=_auto.eval_rows(width),
@@ -315,9 +351,9 @@ def build_net(
     )
 
 
-def continue_net(est, net: OTFlowNet, n_samples: int) -> None:
+def continue_net(est, net: OTFlowNet, n_samples: int, weighted: bool = False) -> None:
     """Adapt ``net``, a copy of ``est``'s fitted net, for one more ``partial_fit`` pass over
-    ``n_samples`` rows.
+    ``n_samples`` rows (``weighted``: with sample weights).
 
     A net from ``fit`` continues without its budget, validation split, early stopping, schedule and
     weight averaging, a pass over the rows per call. The user's ``callbacks`` are taken as they are
@@ -340,7 +376,7 @@ def continue_net(est, net: OTFlowNet, n_samples: int) -> None:
             cb.initialize()
     net.callbacks = [(n, cb) for n, cb in net.callbacks if not n.startswith("user_")] + user
     net.callbacks_ = [(n, cb) for n, cb in net.callbacks_ if not n.startswith("user_")] + user
-    decay = _auto.weight_decay(est.weight_decay, est.n_features_in_)
+    decay = _auto.weight_decay(est.weight_decay, sum(est._flow_dims()))
     net.set_params(
         lr=est.learning_rate,
         batch_size=_auto.batch_rows(est.batch_size, est.validation_fraction, n_samples, None),
@@ -352,6 +388,8 @@ def continue_net(est, net: OTFlowNet, n_samples: int) -> None:
     alpha, alpha_hjb = float(est.alpha), float(est.alpha_hjb)
     net.criterion__alpha, net.criterion__alpha_hjb = alpha, alpha_hjb  # the same, for a re-build
     net.criterion_.set_weights(alpha, alpha_hjb)
+    net.criterion__weighted = net.criterion_.weighted = weighted  # each call's weights or none
+    net.iterator_train__weighted = weighted
     dict(net.callbacks_)["grad_clip"].gradient_clip_value = _auto.clip_norm(est.alpha, est.alpha_hjb)
 
 

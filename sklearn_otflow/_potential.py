@@ -1,6 +1,8 @@
 r"""The OT-Flow potential :math:`\Phi(x, t)`, its parameters, and its exact gradient and Hessian trace.
 
-The potential of a sample :math:`s = (x, t) \in \mathbb{R}^{d+1}` (time last) is
+The potential of a sample :math:`s = (x, t) \in \mathbb{R}^{d+1}` (time last), or
+:math:`s = (x, c, t) \in \mathbb{R}^{d+q+1}` for a conditional density given :math:`c \in \mathbb{R}^q`
+(conditional OT-Flow: :math:`c` is an input of the potential, and only :math:`x` flows), is
 
 .. math::
 
@@ -14,7 +16,8 @@ with :math:`N` a residual network of width :math:`m` and :math:`M` residual laye
     u_i = u_{i-1} + h\,\sigma(K_i u_{i-1} + b_i), \quad h = 1/M, \qquad N(s) = u_M,
 
 and the activation :math:`\sigma(u) = \log(2\cosh u)`, so :math:`\sigma' = \tanh` and
-:math:`\sigma'' = 1 - \tanh^2`. The gradient and the trace are computed by :mod:`._trace`.
+:math:`\sigma'' = 1 - \tanh^2`. The gradient and the trace over :math:`x` are computed by
+:mod:`._trace`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Potential(nn.Module):
         Number :math:`M \geq 1` of residual layers (each initialised independently).
     rank : int, default=10
         Rank of :math:`A`; capped at :math:`d + 1`.
+    n_context : int, default=0
+        Dimension :math:`q` of the condition :math:`c` (0: a plain density).
     generator : torch.Generator or None, default=None
         Draws the initial weights; ``None`` draws them from torch's global generator. With a generator
         of its own the potential leaves the global one untouched, and its weights are those that the
@@ -69,23 +74,24 @@ class Potential(nn.Module):
         width: int = 32,
         n_layers: int = 1,
         rank: int = 10,
+        n_context: int = 0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if n_features < 1 or width < 1 or n_layers < 1 or rank < 1:
+        if n_features < 1 or width < 1 or n_layers < 1 or rank < 1 or n_context < 0:
             raise ValueError(
-                "Expected n_features, width, n_layers and rank all >= 1; got "
-                f"{n_features}, {width}, {n_layers}, {rank}."
+                "Expected n_features, width, n_layers and rank all >= 1 and n_context >= 0; got "
+                f"{n_features}, {width}, {n_layers}, {rank} and {n_context}."
             )
-        d = n_features
-        self.n_features, self.width, self.n_layers = d, width, n_layers
+        d, n_s = n_features, n_features + n_context + 1  # s = (x, c, t)
+        self.n_features, self.n_context, self.width, self.n_layers = d, n_context, width, n_layers
         self.h = 1.0 / n_layers
         # built without drawing (on the meta device), then drawn by reset_parameters from `generator`
-        self.opening = nn.Linear(d + 1, width, device="meta")  # K_0, b_0
+        self.opening = nn.Linear(n_s, width, device="meta")  # K_0, b_0
         layers = (nn.Linear(width, width, device="meta") for _ in range(n_layers))
         self.layers = nn.ModuleList(layers)  # K_i, b_i
-        self.A = nn.Parameter(torch.empty(min(rank, d + 1), d + 1, device="meta"))
-        self.b = nn.Parameter(torch.empty(d + 1, device="meta"))
+        self.A = nn.Parameter(torch.empty(min(rank, n_s), n_s, device="meta"))
+        self.b = nn.Parameter(torch.empty(n_s, device="meta"))
         self.c = nn.Parameter(torch.empty((), device="meta"))
         self.w = nn.Parameter(torch.empty(width, device="meta"))
         self.to_empty(device="cpu")
@@ -116,12 +122,16 @@ class Potential(nn.Module):
         for zero in (self.b, self.c, self.w):
             zero.zero_()
 
-    def _s(self, x: Tensor, t: float | Tensor) -> Tensor:
+    def _s(self, x: Tensor, t: float | Tensor, context: Tensor | None) -> Tensor:
+        if (0 if context is None else context.shape[1]) != self.n_context:
+            shape = None if context is None else tuple(context.shape)
+            raise ValueError(f"Expected a context of shape ({x.shape[0]}, {self.n_context}); got {shape}.")
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)
-        return torch.cat([x, t], dim=1)
+        return torch.cat([x, t] if context is None else [x, context, t], dim=1)
 
-    def forward(self, x: Tensor, t: float | Tensor) -> Tensor:
-        r"""The value :math:`\Phi(x, t)`, shape (n,). ``x`` is (n, d); ``t`` a scalar or (n, 1).
+    def forward(self, x: Tensor, t: float | Tensor, context: Tensor | None = None) -> Tensor:
+        r"""The value :math:`\Phi(x, t)`, shape (n,). ``x`` is (n, d); ``t`` a scalar or (n, 1);
+        ``context`` the condition :math:`c`, (n, q), where ``n_context`` is q > 0.
 
         Examples
         --------
@@ -130,7 +140,7 @@ class Potential(nn.Module):
         >>> Potential(2, width=8)(torch.randn(5, 2), 0.5).shape
         torch.Size([5])
         """
-        s = self._s(x, t)
+        s = self._s(x, t, context)
         u = log_cosh(self.opening(s))
         for layer in self.layers:
             u = u + self.h * log_cosh(layer(u))
@@ -138,7 +148,11 @@ class Potential(nn.Module):
         return u @ self.w + quad + s @ self.b + self.c
 
     def grad_and_trace(
-        self, x: Tensor, t: float | Tensor, gemm_dtype: torch.dtype | None = None
+        self,
+        x: Tensor,
+        t: float | Tensor,
+        gemm_dtype: torch.dtype | None = None,
+        context: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         r"""Exact :math:`\nabla_s\Phi` and :math:`\operatorname{tr}\nabla_x^2\Phi`, analytic, in one sweep.
 
@@ -156,11 +170,13 @@ class Potential(nn.Module):
         gemm_dtype : torch.dtype, default=None
             Precision of the :math:`m \times d` block products (``None``: that of ``x``). A lower one
             such as ``torch.bfloat16`` is for training only; reductions stay in ``x``'s dtype.
+        context : Tensor of shape (n, q) or None, default=None
+            The condition :math:`c`, where ``n_context`` is q > 0.
 
         Returns
         -------
-        grad : Tensor of shape (n, d + 1)
-            :math:`\nabla_s\Phi`; the last column is :math:`\partial_t\Phi`.
+        grad : Tensor of shape (n, d + q + 1)
+            :math:`\nabla_s\Phi`, :math:`s = (x, c, t)`; the last column is :math:`\partial_t\Phi`.
         trace : Tensor of shape (n,)
             :math:`\operatorname{tr}\nabla_x^2\Phi`.
 
@@ -172,7 +188,7 @@ class Potential(nn.Module):
         >>> grad.shape, trace.shape
         (torch.Size([5, 4]), torch.Size([5]))
         """
-        s = self._s(x, t).t()  # samples last throughout: s is (d + 1, n), every activation (m, n)
+        s = self._s(x, t, context).t()  # samples last throughout: s is (d + q + 1, n), activations (m, n)
         grad, trace = grad_and_trace(self.weights(), s, gemm_dtype or x.dtype)
         return grad.t(), trace
 
@@ -187,12 +203,20 @@ class Potential(nn.Module):
         """
         Ks = tuple(layer.weight for layer in self.layers)
         bs = tuple(layer.bias for layer in self.layers)
-        return Weights(self.opening.weight, self.opening.bias, self.w, self.A, self.b, Ks, bs)
+        weights = (self.opening.weight, self.opening.bias, self.w, self.A, self.b, Ks, bs)
+        return Weights(*weights, n_context=self.n_context)
 
-    def tracer(self, n: int, gemm_dtype: torch.dtype, n_stages: int = 1, training: bool = False) -> Tracer:
+    def tracer(
+        self,
+        n: int,
+        gemm_dtype: torch.dtype,
+        n_stages: int = 1,
+        training: bool = False,
+        context: Tensor | None = None,
+    ) -> Tracer:
         """The gradient and trace at every stage of one integration over ``n`` samples
         (:class:`~sklearn_otflow._trace.Tracer`); ``training`` keeps ``n_stages`` stages for a
-        backward pass.
+        backward pass; ``context``, (n, q), the samples' condition.
 
         Examples
         --------
@@ -201,8 +225,9 @@ class Potential(nn.Module):
         >>> tuple(grad.shape), tuple(trace.shape)
         ((4, 5), (5,))
         """
-        return Tracer(self.weights(), gemm_dtype, block_entries(gemm_dtype), n, n_stages, training)
+        block = block_entries(gemm_dtype)
+        return Tracer(self.weights(), gemm_dtype, block, n, n_stages, training, context)
 
     def extra_repr(self) -> str:
-        sizes = (self.n_features, self.width, self.n_layers, self.A.shape[0])
-        return "n_features={}, width={}, n_layers={}, rank={}".format(*sizes)
+        sizes = (self.n_features, self.n_context, self.width, self.n_layers, self.A.shape[0])
+        return "n_features={}, n_context={}, width={}, n_layers={}, rank={}".format(*sizes)

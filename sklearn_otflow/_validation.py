@@ -2,17 +2,20 @@
 
 Standardisation is the affine map :math:`\\tilde x = (x - \\mu) / \\sigma`; densities of the caller's
 :math:`x` follow from the model's by
-:math:`\\log p(x) = \\log \\tilde p(\\tilde x) - \\sum_j \\log \\sigma_j`.
+:math:`\\log p(x) = \\log \\tilde p(\\tilde x) - \\sum_j \\log \\sigma_j`. With sample weights
+:math:`w_i`, :math:`\\mu` and :math:`\\sigma` are the weighted moments, those of the data with each row
+repeated :math:`w_i` times.
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
 from sklearn.utils.validation import check_array, validate_data
 
-__all__ = ["check_input", "given_standardization", "standardization"]
+__all__ = ["check_input", "check_weights", "given_standardization", "standardization"]
 
 
 def check_input(estimator, X, *, reset: bool, min_samples: int = 1, check_names: bool = True) -> np.ndarray:
@@ -37,8 +40,36 @@ def check_input(estimator, X, *, reset: bool, min_samples: int = 1, check_names:
     return X
 
 
-def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature ``(mean, scale)``; ``(0, 1)`` when not ``enabled``.
+def check_weights(sample_weight, n_samples: int) -> np.ndarray | None:
+    """``sample_weight`` checked for ``n_samples`` rows, in scikit-learn's wording: ``None`` (no
+    weights) stays ``None``, a number applies to every row, else a 1-D array of finite, non-negative
+    numbers, not all zero, one per row; float64.
+
+    >>> check_weights([1, 0, 2], 3)
+    array([1., 0., 2.])
+    """
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, numbers.Number) and not isinstance(sample_weight, (bool, np.bool_)):
+        sample_weight = np.full(n_samples, sample_weight, dtype=np.float64)
+    w = check_array(sample_weight, ensure_2d=False, dtype=np.float64, input_name="sample_weight")
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(f"Expected sample_weight of shape ({n_samples},), one per row; got shape {w.shape}.")
+    if (w < 0).any():
+        first = int(np.flatnonzero(w < 0)[0])
+        raise ValueError(
+            f"Expected non-negative sample_weight; got {int((w < 0).sum())} negative value(s), the first "
+            f"{w[first]!r} at row {first}."
+        )
+    if not w.sum() > 0:
+        raise ValueError("Expected sample_weight with a positive sum; got all zeros.")
+    return w
+
+
+def standardization(
+    X: np.ndarray, enabled: bool, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature ``(mean, scale)``, weighted by ``weights`` if given; ``(0, 1)`` when not ``enabled``.
 
     A column whose values are all equal (up to rounding: a spread within a few units in the last place
     of its mean) gets scale ``max(|mean|, 1)``, with a warning: its density is degenerate and the flow
@@ -54,24 +85,31 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
     if not enabled:
         return np.zeros(d), np.ones(d)
     unit = np.ldexp(1.0, np.frexp(np.abs(X).max(axis=0))[1] - 1)  # a power of 2: exact to divide by
-    mean = (X / unit).mean(axis=0) * unit
-    std = (X / unit).std(axis=0) * unit
+    if weights is None:
+        mean = (X / unit).mean(axis=0) * unit
+        std = (X / unit).std(axis=0) * unit
+    else:
+        mean = np.average(X / unit, axis=0, weights=weights)
+        std = np.sqrt(np.average((X / unit - mean) ** 2, axis=0, weights=weights)) * unit
+        mean = mean * unit
     constant = std <= 10 * np.finfo(np.float64).eps * np.abs(mean)
     if constant.any():
         warnings.warn(
             f"Feature(s) {np.flatnonzero(constant).tolist()} are constant: their density is a point mass, "
             "which the flow can only approximate; consider dropping them.",
             UserWarning,
-            stacklevel=5,
+            stacklevel=7,
         )
     # a constant column's rounding-level spread (up to 10 eps |mean|) must stay tiny once standardized
     return mean, np.where(constant, np.maximum(np.abs(mean), 1.0), std)
 
 
-def given_standardization(X: np.ndarray, mean, scale, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
+def given_standardization(
+    X: np.ndarray, mean, scale, enabled: bool, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, scale)`` given by the caller, checked; else ``X``'s own (see ``standardization``)."""
     if mean is None and scale is None:
-        return standardization(X, enabled)
+        return standardization(X, enabled, weights)
     d = X.shape[1]
     if mean is None or scale is None:
         raise ValueError(f"Expected both mean and scale or neither; got mean={mean!r}, scale={scale!r}.")

@@ -76,13 +76,15 @@ def prepare_vjp(d: int, p: Weights, G_AtA: Tensor, G_bsq, G_W, w_scale: float = 
     return grads
 
 
-def _scratch(path: ModuleType, d: int, m: int, n: int, n_stages: int, block: int, like: Tensor):
+def _scratch(path: ModuleType, p: Weights, n: int, n_stages: int, block: int):
     """The :class:`TraceWork` that ``path`` keeps its stages in, or ``None`` (:mod:`.general`)."""
     if path is not one_layer:
         return None
+    (m, s_rows), d = p.K0.shape, p.d
     rows = one_layer.feature_chunks(d, m, n, block)[0].stop  # the first chunk is the largest
     n_acts = 12 if m * d * n <= one_layer.SMALL_BLOCK else 5
-    return TraceWork(d, m, n, n_stages, like, n_acts, matrix_shape=(d * m, m), block_entries=rows * n)
+    matrix = (d * m, m)
+    return TraceWork(s_rows, m, n, n_stages, p.K0, n_acts, matrix_shape=matrix, block_entries=rows * n)
 
 
 class Tracer:
@@ -107,27 +109,41 @@ class Tracer:
         Number of stages that keep activations in ``training``.
     training : bool, default=False
         Keep the stages in one allocation for a backward pass.
+    context : Tensor of shape (n, q) or None, default=None
+        The condition :math:`c` of each sample (``p.n_context`` columns), the same at every stage.
     """
 
-    def __init__(self, p, gemm_dtype, block, n, n_stages=1, training=False) -> None:
+    def __init__(self, p, gemm_dtype, block, n, n_stages=1, training=False, context=None) -> None:
         self.p, self.d, self.h, self.gd, self.block = p, p.d, p.h, gemm_dtype, block
+        if (0 if context is None else context.shape[1]) != p.n_context or (
+            context is not None and context.shape[0] != n
+        ):
+            shape = None if context is None else tuple(context.shape)
+            raise ValueError(f"Expected a context of shape ({n}, {p.n_context}); got {shape}.")
+        self.context = None if context is None else context.t()
         self.path = choose(p.d, p, gemm_dtype == p.K0.dtype)
-        self.work = _scratch(self.path, p.d, p.K0.shape[0], n, n_stages, block, p.K0) if training else None
+        self.work = _scratch(self.path, p, n, n_stages, block) if training else None
         with torch.no_grad():
             self.prepared = prepare(p.d, p, self.path, None if self.work is None else self.work.W)
         self._grads: list | None = None
         self._grads_prepared: list | None = None
 
-    def stage_input(self, y: Tensor, weight: float = 1.0) -> Tensor:
-        """Where the next stage's input :math:`s` goes, (d + 1, n), for the state ``y`` of its n samples;
-        ``weight`` is the stage's weight in the integration's update (see :mod:`.one_layer`)."""
+    def stage_input(self, y: Tensor, t: float, weight: float = 1.0) -> Tensor:
+        r"""The next stage's input :math:`s = (x, c, t)`, (d + q + 1, n), for the state ``y`` of its n
+        samples (its first d columns are :math:`x`) at time ``t``; ``weight`` is the stage's weight in
+        the integration's update (see :mod:`.one_layer`)."""
         slots = None if self.work is None else self.work.next_stage()
         if self.work is not None:
             self.work.weight = weight
-        return y.new_empty(self.d + 1, y.shape[0]) if slots is None else slots[0]
+        s = y.new_empty(self.p.K0.shape[1], y.shape[0]) if slots is None else slots[0]
+        s[: self.d] = y[:, : self.d].t()
+        if self.context is not None:
+            s[self.d : -1] = self.context
+        s[-1] = t
+        return s
 
     def forward(self, s: Tensor) -> tuple[Tensor, Tensor, tuple]:
-        r""":math:`\nabla_s\Phi` (d + 1, n) and the trace (n,) at ``s`` (d + 1, n), and what
+        r""":math:`\nabla_s\Phi` (d + q + 1, n) and the trace (n,) at ``s`` (d + q + 1, n), and what
         :meth:`backward` needs."""
         return self.path.forward(self.d, self.h, self.gd, self.block, s, self.p, self.prepared, self.work)
 
@@ -188,7 +204,7 @@ class _GradTrace(torch.autograd.Function):
 
 
 def grad_and_trace(p: Weights, s: Tensor, gemm_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    r""":math:`\nabla_s\Phi` (d + 1, n) and :math:`\operatorname{tr}\nabla_x^2\Phi` (n,) at ``s``
-    (d + 1, n), samples last, as one autograd node."""
+    r""":math:`\nabla_s\Phi` (d + q + 1, n) and :math:`\operatorname{tr}\nabla_x^2\Phi` (n,) at ``s``
+    (d + q + 1, n), samples last, as one autograd node."""
     tracer = Tracer(p, gemm_dtype, block_entries(gemm_dtype), s.shape[1])
     return _GradTrace.apply(tracer, s, *p.flat())

@@ -8,7 +8,9 @@ The potential's network (:mod:`sklearn_otflow._potential`) is
 
 with :math:`\sigma(u) = \log(2\cosh u)`, :math:`\sigma' = \tanh`, :math:`\sigma'' = 1 - \tanh^2`, and
 :math:`\Phi(s) = w^\top u_M + \tfrac12 s^\top A^\top A s + b^\top s + c`. Inside the paths every
-activation is laid out samples last, (m, n), and :math:`s = (x, t)` is (d + 1, n).
+activation is laid out samples last, (m, n), and :math:`s = (x, c, t)` is (d + q + 1, n): the d
+coordinates that flow, the q of a condition :math:`c` (none for a plain density), then time. Gradients
+are with respect to all of :math:`s`; the trace is over its first d coordinates only.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from torch.nn import functional as F
 
 
 class Weights(NamedTuple):
-    r"""The potential's weights as the trace paths read them: :math:`K_0` (m, d + 1), :math:`b_0` (m,),
-    :math:`w` (m,), :math:`A` (r, d + 1), :math:`b` (d + 1,), and the residual layers' :math:`K_i`
-    (m, m) and :math:`b_i` (m,), i = 1..M. The constant :math:`c` has no gradient or trace."""
+    r"""The potential's weights as the trace paths read them: :math:`K_0` (m, d + q + 1), :math:`b_0`
+    (m,), :math:`w` (m,), :math:`A` (r, d + q + 1), :math:`b` (d + q + 1,), and the residual layers'
+    :math:`K_i` (m, m) and :math:`b_i` (m,), i = 1..M; ``n_context`` is q, the condition's coordinates
+    (not a tensor: :meth:`flat` leaves it out). The constant :math:`c` has no gradient or trace."""
 
     K0: Tensor
     b0: Tensor
@@ -32,11 +35,12 @@ class Weights(NamedTuple):
     b: Tensor
     Ks: tuple[Tensor, ...]
     bs: tuple[Tensor, ...]
+    n_context: int = 0
 
     @property
     def d(self) -> int:
-        """The number of features: :math:`s = (x, t)` has :math:`d + 1` entries."""
-        return self.K0.shape[1] - 1
+        """The number of coordinates that flow: :math:`s = (x, c, t)` has :math:`d + q + 1` entries."""
+        return self.K0.shape[1] - 1 - self.n_context
 
     @property
     def h(self) -> float:
@@ -46,12 +50,6 @@ class Weights(NamedTuple):
     def flat(self) -> tuple[Tensor, ...]:
         """``(K0, b0, w, A, b, K_1..K_M, b_1..b_M)``: one tensor per input of an autograd node."""
         return (self.K0, self.b0, self.w, self.A, self.b, *self.Ks, *self.bs)
-
-    @classmethod
-    def from_flat(cls, flat) -> Weights:
-        """The inverse of :meth:`flat`."""
-        M = (len(flat) - 5) // 2
-        return cls(*flat[:5], tuple(flat[5 : 5 + M]), tuple(flat[5 + M :]))
 
     def grads(self, K0=None, b0=None, w=None, A=None, b=None, Ks=None, bs=None) -> list[Tensor | None]:
         """Gradients in the order of :meth:`flat`, ``None`` where there is none."""

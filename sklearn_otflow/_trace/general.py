@@ -187,7 +187,7 @@ def _trace_net_vjp(h: float, gd: torch.dtype, g0, z1, B, Ks, ss, zs, sqs, grad_t
 
 
 def forward(d: int, h: float, gd: torch.dtype, block: int, s: Tensor, p: Weights, prepared, work=None):
-    r""":math:`\nabla_s\Phi` (d + 1, n), the trace (n,) and what :func:`backward` needs."""
+    r""":math:`\nabla_s\Phi` (d + q + 1, n), the trace (n,) and what :func:`backward` needs."""
     g0, us, gs, zs, grad = _sweep(h, s, p, prepared.AtA)
     Ks = list(p.Ks)
     trace, sqs = _trace_net(h, gd, block, g0, zs[0], p.K0[:, :d], Ks, gs, zs[1:])

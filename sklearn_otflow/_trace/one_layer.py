@@ -71,7 +71,7 @@ def weights_matrix_vjp(d: int, p: Weights, G_W: Tensor, G_K0: Tensor, w_scale: f
 
 
 def forward(d: int, h: float, gd: torch.dtype, block: int, s: Tensor, p: Weights, prepared, work=None):
-    r""":math:`\nabla_s\Phi` (d + 1, n), the trace (n,) and what :func:`backward` needs.
+    r""":math:`\nabla_s\Phi` (d + q + 1, n), the trace (n,) and what :func:`backward` needs.
 
     The blocks are computed a few features :math:`l` at a time (at most ``block`` entries, over all the
     samples: products over few samples run far below the machine's rate) and not kept. Their backward

@@ -59,11 +59,12 @@ def _take_scratch(numel: int, like: Tensor) -> Tensor:
 class TraceWork:
     r"""Scratch that the ``n_stages`` stages of a training integration over ``n`` samples share.
 
-    What each stage keeps for the backward pass (:meth:`next_stage`): its input :math:`s` and
-    :math:`\nabla_s\Phi`, (d + 1, n) each, and ``n_acts`` (m, n) activations. With ``matrix_shape``
-    (the one-layer path), also the path's matrix ``W`` of that shape, ``sum``, which accumulates each
-    stage's ``weight`` times the trace's gradient with respect to it (``used`` says whether any stage
-    added to it), and a buffer of ``block_entries`` for one chunk of a stage's blocks (:meth:`blocks`).
+    What each stage keeps for the backward pass (:meth:`next_stage`): its input :math:`s = (x, c, t)`
+    and :math:`\nabla_s\Phi`, (s_rows, n) each, and ``n_acts`` (m, n) activations. With
+    ``matrix_shape`` (the one-layer path), also the path's matrix ``W`` of that shape, ``sum``, which
+    accumulates each stage's ``weight`` times the trace's gradient with respect to it (``used`` says
+    whether any stage added to it), and a buffer of ``block_entries`` for one chunk of a stage's
+    blocks (:meth:`blocks`).
 
     All are slices of one allocation, each piece 64 bytes in, as a fresh tensor would start: the
     vectorized reductions then round as they do on fresh tensors, so the fits are the same as without
@@ -72,7 +73,7 @@ class TraceWork:
 
     def __init__(
         self,
-        d: int,
+        s_rows: int,
         m: int,
         n: int,
         n_stages: int,
@@ -81,7 +82,7 @@ class TraceWork:
         matrix_shape: tuple[int, int] | None = None,
         block_entries: int = 0,
     ) -> None:
-        self._shapes = [(d + 1, n), (d + 1, n)] + [(m, n)] * n_acts
+        self._shapes = [(s_rows, n), (s_rows, n)] + [(m, n)] * n_acts
         self._pieces = [_aligned(math.prod(shape)) for shape in self._shapes]
         per_stage = sum(self._pieces) if n_acts else 0
         matrix_entries = math.prod(matrix_shape) if matrix_shape else 0
@@ -101,7 +102,7 @@ class TraceWork:
 
     def next_stage(self) -> tuple[Tensor, Tensor, list[Tensor]] | None:
         r"""Moves on to the next stage; ``current`` becomes, and this returns, where the stage keeps
-        :math:`s` (d + 1, n), :math:`\nabla_s\Phi` (d + 1, n) and its (m, n) activations (a list), or
+        :math:`s` and :math:`\nabla_s\Phi` (s_rows, n) and its (m, n) activations (a list), or
         ``None`` once the stages are all used."""
         self.current = None
         if self._kept is not None and self._stage < self._kept.shape[0]:
