@@ -2,6 +2,7 @@
 
 from . import theory
 from ._alpha_path import alpha_path
+from ._conditional import OTFlowConditionalDensity
 from ._dynamics import flow, odeint_rk4
 from ._estimator import OTFlowDensity
 from ._loss import Objective, log_prob, objective
@@ -11,6 +12,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "OTFlowDensity",
+    "OTFlowConditionalDensity",
     "alpha_path",
     "theory",
     "Objective",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import textwrap
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from ._evaluation import FittedFlowMixin
 from ._net import DTYPES
 from ._validation import check_input, given_standardization
 
-__all__ = ["OTFlowDensity"]
+__all__ = ["PARAMETERS", "OTFlowBase", "OTFlowDensity", "shared_parameters"]
 
 
 class _Number(Interval):
@@ -31,172 +32,117 @@ class _Number(Interval):
         return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
 
 
-class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMixin, BaseEstimator):
-    r"""Density estimation with OT-Flow, a continuous normalizing flow regularized by optimal transport.
+# The parameters that every OT-Flow estimator shares (its training), documented once.
+PARAMETERS = r"""alpha : float, default=100.0
+    Weight of the likelihood term against the transport cost (Li & Jing's :math:`\alpha`). Larger
+    values fit the data more closely and make the flow less regular; as :math:`\alpha \to \infty`
+    the fitted map approaches the optimal transport map to :math:`\mathcal N(0, I)`. Choose it by
+    cross-validated log-likelihood (``GridSearchCV``), never by the training objective.
+alpha_hjb : float, default=1.0
+    Weight of the HJB residual penalty.
+hidden_width : int or "auto", default="auto"
+    Width :math:`m` of the residual network. ``"auto"`` is 32 for one or two features, where a step is
+    bound by the number of operations and width costs steps, and 64 above, where capacity pays
+    (evidence: :ref:`the defaults and why <benchmarks-defaults>`). Give a larger width for data with many
+    features: the OT-Flow paper used 128 to 512.
+n_layers : int or "auto", default="auto"
+    Number of residual layers. ``"auto"`` is 2 for one or two features (a better score for the time)
+    and 1 above, where one layer trains on a faster trace path (evidence: :ref:`the defaults and why
+    <benchmarks-defaults>`).
+rank : int, default=10
+    Rank of the quadratic part (capped at ``n_features + 1``).
+n_steps : int, default=8
+    RK4 steps used in training, to start with. After each round of ``fit``, up to 128 training
+    rows are integrated with this count and twice it; where their mean log-likelihood differs by
+    more than 0.01 nats, the flow has begun to exploit the steps' integration error (its training
+    loss falls while its true likelihood does not), and training goes on with 1.5 times the steps,
+    at most twice per fit (8, 12, 18 steps). ``n_steps_`` is the count training ended with.
+n_steps_eval : int or None, default=None
+    RK4 steps used by validation, ``score_samples``, ``transform``, ``sample`` and the other
+    evaluations. ``None`` means ``2 * n_steps_``, doubled after training (up to 8 times as many) for
+    a fitted flow that this count does not resolve: one whose training rows' mean log-likelihood
+    moves by more than 0.05 nats with twice the steps, with a warning (``n_steps_eval_``).
+max_iter : int, default=2000
+    Maximum number of optimizer steps, each on one minibatch of ``batch_size`` rows. The count does
+    not depend on the number of rows, so the fit's time does not grow with the data. The learning
+    rate anneals over this budget.
+max_time : float or None, default=None
+    Wall-clock budget of ``fit`` in seconds (the final check of the integration error comes after
+    it). The learning rate anneals over whichever of ``max_iter`` and ``max_time`` runs out first.
+    ``None``: no limit.
+n_init : int, default=1
+    Number of initializations to try, as in :class:`~sklearn.mixture.GaussianMixture`. Each trains for
+    the first 1/25 of its fit's budget, and the fit of the one with the lowest validation NLL then
+    runs to the end: ``n_init / 25`` of a fit more than one fit. Worth it on multimodal data
+    (evidence: :ref:`the defaults and why <benchmarks-defaults>`). Not used by ``partial_fit`` or a warm
+    start.
+batch_size : int or "auto", default="auto"
+    Minibatch size. ``"auto"`` is ``min(256, max(32, n_train // 20))`` rows, ``n_train`` the rows
+    left after the validation split (256 in ``partial_fit``), so that a pass over small data is at
+    least 20 steps (evidence: :ref:`the defaults and why <benchmarks-defaults>`).
+learning_rate : float, default=0.02
+    Adam's learning rate: constant for the first 60 % of the budget (``max_iter`` or ``max_time``,
+    whichever runs out first), then falling linearly to 0 at its end.
+weight_decay : float or "auto", default="auto"
+    Decoupled weight decay (:class:`torch.optim.AdamW`): each optimiser step first scales the residual
+    network's weight matrices (:math:`K_0`, :math:`K_i` and :math:`w`) by :math:`1 - \eta\lambda`,
+    :math:`\eta` the scheduled learning rate, then takes Adam's step; ``0`` is plain Adam. ``"auto"``
+    is 0 for one or two features, where fits are limited by bias, and 0.1 above, where they overfit.
+    The biases and the potential's quadratic and linear terms (:math:`A`, :math:`b`, :math:`c`: its
+    Gaussian part) are not decayed (evidence: :ref:`the defaults and why <benchmarks-defaults>`).
+ema_decay : float in [0, 1), default=0.995
+    Decay :math:`\beta` of the exponential moving average of the weights, :math:`\bar\theta \leftarrow
+    \beta\bar\theta + (1-\beta)\theta` after every optimiser step. Validation, early stopping and the
+    fitted model use the average; training updates the raw weights. ``0`` turns averaging off. It
+    matters where training stops while the learning rate is still high (early stopping, or the
+    schedule's constant phase): the validation curve becomes smooth and early stopping picks a better
+    round (evidence: :ref:`the defaults and why <benchmarks-defaults>`).
+early_stopping : bool, default=True
+    Hold out ``validation_fraction`` of the data (at most 2,000 rows), score it as ``score`` does
+    after every 100 optimizer steps, keep the best weights, and stop when, during the learning
+    rate's fall, it has not improved for ``n_iter_no_change`` steps and for half the fall.
+validation_fraction : float, default=0.1
+    Fraction of the training data held out for early stopping, at most 2,000 rows.
+n_iter_no_change : int, default=500
+    Patience of early stopping, in optimizer steps of the learning rate's fall (rounded up to the
+    validation interval of 100 steps), and at least half the fall (see ``early_stopping``).
+standardize : bool, default=True
+    Standardize each feature before the flow. Scores and samples are always in the caller's units.
+dtype : {"float32", "float64"}, default="float32"
+    Precision of training. Evaluation always runs in float64.
+trace_precision : {"auto", "exact"}, default="auto"
+    ``"auto"`` runs the Hessian-trace block products of *training* in bfloat16 where the hardware
+    supports it natively and the blocks are large (float32 training only); ``"exact"`` never does.
+    The trace stays exact in evaluation either way.
+callbacks : list of skorch callbacks or None, default=None
+    Extra skorch callbacks, run after the built-in ones.
+warm_start : bool, default=False
+    Start ``fit`` from the previous fit's weights and standardization, with the current parameters
+    and a new budget. The architecture (``hidden_width``, ``n_layers``, ``rank``) must be unchanged.
+random_state : int, RandomState instance or None, default=None
+    Seeds weight initialisation, minibatch order and the validation split. An int gives
+    bit-identical fits on the CPU at the same thread count; torch's global random state is neither
+    read nor moved.
+device : str, default="cpu"
+    Torch device, e.g. ``"cuda"``.
+verbose : int, default=0
+    ``0`` is silent; ``1`` shows a progress bar (share of the budget, elapsed time, time left and
+    the latest validation log-likelihood in the data's units) and a summary line at the end;
+    ``2`` also prints skorch's table, a row per round of 100 steps.
+"""
 
-    The flow moves data :math:`x` along :math:`\dot x = -\nabla_x\Phi(x, t)` from :math:`t = 0` to a
-    latent :math:`z = x(1)` meant to be standard normal. :math:`\Phi` is a small residual network plus a
-    low-rank quadratic; its gradient and the exact trace of its Hessian are computed analytically, so the
-    log-likelihood :math:`\log p(x) = \log\mathcal N(z; 0, I) + \ell(1)` is exact up to the RK4
-    integration. Training minimises the mean of :math:`L + \alpha C + \alpha_{hjb} R`: the transport
-    cost, the negative log-likelihood and the Hamilton-Jacobi-Bellman residual.
 
-    Parameters
-    ----------
-    alpha : float, default=100.0
-        Weight of the likelihood term against the transport cost (Li & Jing's :math:`\alpha`). Larger
-        values fit the data more closely and make the flow less regular; as :math:`\alpha \to \infty`
-        the fitted map approaches the optimal transport map to :math:`\mathcal N(0, I)`. Choose it by
-        cross-validated log-likelihood (``GridSearchCV``), never by the training objective.
-    alpha_hjb : float, default=1.0
-        Weight of the HJB residual penalty.
-    hidden_width : int or "auto", default="auto"
-        Width :math:`m` of the residual network. ``"auto"`` is 32 for one or two features, where a step is
-        bound by the number of operations and width costs steps, and 64 above, where capacity pays
-        (evidence: :ref:`the defaults and why <benchmarks-defaults>`). Give a larger width for data with many
-        features: the OT-Flow paper used 128 to 512.
-    n_layers : int or "auto", default="auto"
-        Number of residual layers. ``"auto"`` is 2 for one or two features (a better score for the time)
-        and 1 above, where one layer trains on a faster trace path (evidence: :ref:`the defaults and why
-        <benchmarks-defaults>`).
-    rank : int, default=10
-        Rank of the quadratic part (capped at ``n_features + 1``).
-    n_steps : int, default=8
-        RK4 steps used in training, to start with. After each round of ``fit``, up to 128 training
-        rows are integrated with this count and twice it; where their mean log-likelihood differs by
-        more than 0.01 nats, the flow has begun to exploit the steps' integration error (its training
-        loss falls while its true likelihood does not), and training goes on with 1.5 times the steps,
-        at most twice per fit (8, 12, 18 steps). ``n_steps_`` is the count training ended with.
-    n_steps_eval : int or None, default=None
-        RK4 steps used by validation, ``score_samples``, ``transform``, ``sample`` and the other
-        evaluations. ``None`` means ``2 * n_steps_``, doubled after training (up to 8 times as many) for
-        a fitted flow that this count does not resolve: one whose training rows' mean log-likelihood
-        moves by more than 0.05 nats with twice the steps, with a warning (``n_steps_eval_``).
-    max_iter : int, default=2000
-        Maximum number of optimizer steps, each on one minibatch of ``batch_size`` rows. The count does
-        not depend on the number of rows, so the fit's time does not grow with the data. The learning
-        rate anneals over this budget.
-    max_time : float or None, default=None
-        Wall-clock budget of ``fit`` in seconds (the final check of the integration error comes after
-        it). The learning rate anneals over whichever of ``max_iter`` and ``max_time`` runs out first.
-        ``None``: no limit.
-    n_init : int, default=1
-        Number of initializations to try, as in :class:`~sklearn.mixture.GaussianMixture`. Each trains for
-        the first 1/25 of its fit's budget, and the fit of the one with the lowest validation NLL then
-        runs to the end: ``n_init / 25`` of a fit more than one fit. Worth it on multimodal data
-        (evidence: :ref:`the defaults and why <benchmarks-defaults>`). Not used by ``partial_fit`` or a warm
-        start.
-    batch_size : int or "auto", default="auto"
-        Minibatch size. ``"auto"`` is ``min(256, max(32, n_train // 20))`` rows, ``n_train`` the rows
-        left after the validation split (256 in ``partial_fit``), so that a pass over small data is at
-        least 20 steps (evidence: :ref:`the defaults and why <benchmarks-defaults>`).
-    learning_rate : float, default=0.02
-        Adam's learning rate: constant for the first 60 % of the budget (``max_iter`` or ``max_time``,
-        whichever runs out first), then falling linearly to 0 at its end.
-    weight_decay : float or "auto", default="auto"
-        Decoupled weight decay (:class:`torch.optim.AdamW`): each optimiser step first scales the residual
-        network's weight matrices (:math:`K_0`, :math:`K_i` and :math:`w`) by :math:`1 - \eta\lambda`,
-        :math:`\eta` the scheduled learning rate, then takes Adam's step; ``0`` is plain Adam. ``"auto"``
-        is 0 for one or two features, where fits are limited by bias, and 0.1 above, where they overfit.
-        The biases and the potential's quadratic and linear terms (:math:`A`, :math:`b`, :math:`c`: its
-        Gaussian part) are not decayed (evidence: :ref:`the defaults and why <benchmarks-defaults>`).
-    ema_decay : float in [0, 1), default=0.995
-        Decay :math:`\beta` of the exponential moving average of the weights, :math:`\bar\theta \leftarrow
-        \beta\bar\theta + (1-\beta)\theta` after every optimiser step. Validation, early stopping and the
-        fitted model use the average; training updates the raw weights. ``0`` turns averaging off. It
-        matters where training stops while the learning rate is still high (early stopping, or the
-        schedule's constant phase): the validation curve becomes smooth and early stopping picks a better
-        round (evidence: :ref:`the defaults and why <benchmarks-defaults>`).
-    early_stopping : bool, default=True
-        Hold out ``validation_fraction`` of the data (at most 2,000 rows), score it as ``score`` does
-        after every 100 optimizer steps, keep the best weights, and stop when, during the learning
-        rate's fall, it has not improved for ``n_iter_no_change`` steps and for half the fall.
-    validation_fraction : float, default=0.1
-        Fraction of the training data held out for early stopping, at most 2,000 rows.
-    n_iter_no_change : int, default=500
-        Patience of early stopping, in optimizer steps of the learning rate's fall (rounded up to the
-        validation interval of 100 steps), and at least half the fall (see ``early_stopping``).
-    standardize : bool, default=True
-        Standardize each feature before the flow. Scores and samples are always in the caller's units.
-    dtype : {"float32", "float64"}, default="float32"
-        Precision of training. Evaluation always runs in float64.
-    trace_precision : {"auto", "exact"}, default="auto"
-        ``"auto"`` runs the Hessian-trace block products of *training* in bfloat16 where the hardware
-        supports it natively and the blocks are large (float32 training only); ``"exact"`` never does.
-        The trace stays exact in evaluation either way.
-    callbacks : list of skorch callbacks or None, default=None
-        Extra skorch callbacks, run after the built-in ones.
-    warm_start : bool, default=False
-        Start ``fit`` from the previous fit's weights and standardization, with the current parameters
-        and a new budget. The architecture (``hidden_width``, ``n_layers``, ``rank``) must be unchanged.
-    random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, minibatch order and the validation split. An int gives
-        bit-identical fits on the CPU at the same thread count; torch's global random state is neither
-        read nor moved.
-    device : str, default="cpu"
-        Torch device, e.g. ``"cuda"``.
-    verbose : int, default=0
-        ``0`` is silent; ``1`` shows a progress bar (share of the budget, elapsed time, time left and
-        the latest validation log-likelihood in the data's units) and a summary line at the end;
-        ``2`` also prints skorch's table, a row per round of 100 steps.
+def shared_parameters(cls):
+    """Put :data:`PARAMETERS` in ``cls``'s docstring, on the line that says ``%(parameters)s`` and
+    indented as it is (Python 3.13 removes a docstring's indentation, earlier versions keep it)."""
+    line = next(line for line in cls.__doc__.splitlines() if line.strip() == "%(parameters)s")
+    indent = line[: len(line) - len(line.lstrip())]
+    cls.__doc__ = cls.__doc__.replace(line, textwrap.indent(PARAMETERS, indent).rstrip("\n"))
+    return cls
 
-    Attributes
-    ----------
-    n_features_in_ : int
-        Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of the features seen during fit, when ``X`` has string column names.
-    mean_ : ndarray of shape (`n_features_in_`,)
-        Per-feature mean removed before the flow (zeros when ``standardize=False``).
-    scale_ : ndarray of shape (`n_features_in_`,)
-        Per-feature scale divided out before the flow (ones when ``standardize=False``).
-    net_ : skorch.NeuralNet
-        The trained skorch net; ``net_.module_.potential`` is the potential :math:`\Phi`.
-    history_ : skorch.History
-        A row per round of training (100 steps in ``fit``, a pass in ``partial_fit``): ``iter``,
-        ``train_loss``, ``train_nll``, ``train_transport``, ``train_hjb``, ``n_steps``, ``dur`` and,
-        with early stopping, the losses with the ``valid_`` prefix.
-    n_iter_ : int
-        Number of optimizer steps run by the last ``fit`` (also with ``warm_start``), plus those of the
-        ``partial_fit`` calls since.
-    stopped_by_ : str
-        Why the last training call ended: ``"max_iter"``, ``"max_time"``, ``"early stopping"`` or
-        ``"divergence"`` (``fit``), ``"pass"`` (``partial_fit``: one pass over its chunk).
-    fit_time_ : float
-        Seconds of the last ``fit`` (training and the final check of the integration error).
-    n_steps_ : int
-        RK4 steps that training ended with: ``n_steps``, or more where the flow began to exploit their
-        integration error (see ``n_steps``; the history's ``n_steps`` column gives each round's).
-    n_steps_eval_ : int
-        RK4 steps that the evaluations use: ``n_steps_eval`` if given, else ``2 * n_steps_``, or more
-        where that does not resolve the fitted flow (see ``n_steps_eval``).
-    integration_error_ : float
-        Change of the mean log-likelihood of (up to 512 of) the training samples, in nats, from
-        ``n_steps_eval_`` steps to twice as many; above 0.05 a warning says that scores are unreliable.
 
-    See Also
-    --------
-    sklearn.neighbors.KernelDensity : Kernel density estimation.
-    sklearn.mixture.GaussianMixture : Gaussian mixture density.
-
-    References
-    ----------
-    D. Onken, S. Wu Fung, X. Li, L. Ruthotto. OT-Flow: Fast and Accurate Continuous Normalizing Flows via
-    Optimal Transport. AAAI 2021.
-
-    Examples
-    --------
-    >>> from sklearn.datasets import make_moons
-    >>> from sklearn_otflow import OTFlowDensity
-    >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-    >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
-    >>> est.score_samples(X[:5]).shape
-    (5,)
-    >>> est.sample(3, random_state=0).shape
-    (3, 2)
-    >>> est.transform(X[:4]).shape
-    (4, 2)
-    """
+class OTFlowBase(BaseEstimator):
+    """The parameters of an OT-Flow estimator (:data:`PARAMETERS`): their constraints and ``__init__``."""
 
     _parameter_constraints: dict = {
         "alpha": [_Number(numbers.Real, 0, None, closed="neither")],
@@ -280,6 +226,80 @@ class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMix
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+
+
+@shared_parameters
+class OTFlowDensity(FittedFlowMixin, ClassNamePrefixFeaturesOutMixin, DensityMixin, OTFlowBase):
+    r"""Density estimation with OT-Flow, a continuous normalizing flow regularized by optimal transport.
+
+    The flow moves data :math:`x` along :math:`\dot x = -\nabla_x\Phi(x, t)` from :math:`t = 0` to a
+    latent :math:`z = x(1)` meant to be standard normal. :math:`\Phi` is a small residual network plus a
+    low-rank quadratic; its gradient and the exact trace of its Hessian are computed analytically, so the
+    log-likelihood :math:`\log p(x) = \log\mathcal N(z; 0, I) + \ell(1)` is exact up to the RK4
+    integration. Training minimises the mean of :math:`L + \alpha C + \alpha_{hjb} R`: the transport
+    cost, the negative log-likelihood and the Hamilton-Jacobi-Bellman residual.
+
+    Parameters
+    ----------
+    %(parameters)s
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of the features seen during fit, when ``X`` has string column names.
+    mean_ : ndarray of shape (`n_features_in_`,)
+        Per-feature mean removed before the flow (zeros when ``standardize=False``).
+    scale_ : ndarray of shape (`n_features_in_`,)
+        Per-feature scale divided out before the flow (ones when ``standardize=False``).
+    net_ : skorch.NeuralNet
+        The trained skorch net; ``net_.module_.potential`` is the potential :math:`\Phi`.
+    history_ : skorch.History
+        A row per round of training (100 steps in ``fit``, a pass in ``partial_fit``): ``iter``,
+        ``train_loss``, ``train_nll``, ``train_transport``, ``train_hjb``, ``n_steps``, ``dur`` and,
+        with early stopping, the losses with the ``valid_`` prefix.
+    n_iter_ : int
+        Number of optimizer steps run by the last ``fit`` (also with ``warm_start``), plus those of the
+        ``partial_fit`` calls since.
+    stopped_by_ : str
+        Why the last training call ended: ``"max_iter"``, ``"max_time"``, ``"early stopping"`` or
+        ``"divergence"`` (``fit``), ``"pass"`` (``partial_fit``: one pass over its chunk).
+    fit_time_ : float
+        Seconds of the last ``fit`` (training and the final check of the integration error).
+    n_steps_ : int
+        RK4 steps that training ended with: ``n_steps``, or more where the flow began to exploit their
+        integration error (see ``n_steps``; the history's ``n_steps`` column gives each round's).
+    n_steps_eval_ : int
+        RK4 steps that the evaluations use: ``n_steps_eval`` if given, else ``2 * n_steps_``, or more
+        where that does not resolve the fitted flow (see ``n_steps_eval``).
+    integration_error_ : float
+        Change of the mean log-likelihood of (up to 512 of) the training samples, in nats, from
+        ``n_steps_eval_`` steps to twice as many; above 0.05 a warning says that scores are unreliable.
+
+    See Also
+    --------
+    sklearn.neighbors.KernelDensity : Kernel density estimation.
+    sklearn.mixture.GaussianMixture : Gaussian mixture density.
+
+    References
+    ----------
+    D. Onken, S. Wu Fung, X. Li, L. Ruthotto. OT-Flow: Fast and Accurate Continuous Normalizing Flows via
+    Optimal Transport. AAAI 2021.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_moons
+    >>> from sklearn_otflow import OTFlowDensity
+    >>> X, _ = make_moons(200, noise=0.05, random_state=0)
+    >>> est = OTFlowDensity(hidden_width=8, max_iter=20, random_state=0).fit(X)
+    >>> est.score_samples(X[:5]).shape
+    (5,)
+    >>> est.sample(3, random_state=0).shape
+    (3, 2)
+    >>> est.transform(X[:4]).shape
+    (4, 2)
+    """
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):

@@ -24,7 +24,7 @@ from ._loss import negative_log_likelihood
 from ._potential import Potential
 from ._validation import check_input, check_weights
 
-__all__ = ["FittedFlowMixin", "evaluate", "latent_only", "log_prob_only", "weighted_mean"]
+__all__ = ["FittedFlowMixin", "FlowRunner", "evaluate", "latent_only", "log_prob_only", "weighted_mean"]
 
 
 def evaluate(
@@ -101,7 +101,37 @@ def log_prob_only(z, ell, L, R):
     return (-negative_log_likelihood(z, ell),)
 
 
-class FittedFlowMixin(TransformerMixin):
+class FlowRunner:
+    """What runs a fitted flow (:meth:`_run`): the mixin of every estimator that fits one."""
+
+    def _run(
+        self,
+        X: np.ndarray,
+        inverse: bool = False,
+        keep=None,
+        n_steps: int | None = None,
+        finite: bool = True,
+        context: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, ...]:
+        """:func:`evaluate` with the fitted flow and ``n_steps`` (default ``n_steps_eval_``), on the net's
+        device (skorch loads a CUDA-pickled net on the CPU where none exists); ``context``: the rows'
+        standardized condition (conditional density)."""
+        potential, device = self.net_.module_.potential, torch.device(self.net_.device)
+        return evaluate(
+            potential,
+            X,
+            self.mean_,
+            self.scale_,
+            n_steps or self.n_steps_eval_,
+            inverse=inverse,
+            keep=keep,
+            finite=finite,
+            device=device,
+            context=context,
+        )
+
+
+class FittedFlowMixin(FlowRunner, TransformerMixin):
     """The public methods of a fitted flow: densities, samples, and the map to the latent space (a
     transformer: scikit-learn's ``set_output`` wraps its ``transform``)."""
 
@@ -267,29 +297,3 @@ class FittedFlowMixin(TransformerMixin):
         check_is_fitted(self)
         X = check_input(self, X, reset=False)
         return self._run(X, keep=keep)
-
-    def _run(
-        self,
-        X: np.ndarray,
-        inverse: bool = False,
-        keep=None,
-        n_steps: int | None = None,
-        finite: bool = True,
-        context: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, ...]:
-        """:func:`evaluate` with the fitted flow and ``n_steps`` (default ``n_steps_eval_``), on the net's
-        device (skorch loads a CUDA-pickled net on the CPU where none exists); ``context``: the rows'
-        standardized condition (conditional density)."""
-        potential, device = self.net_.module_.potential, torch.device(self.net_.device)
-        return evaluate(
-            potential,
-            X,
-            self.mean_,
-            self.scale_,
-            n_steps or self.n_steps_eval_,
-            inverse=inverse,
-            keep=keep,
-            finite=finite,
-            device=device,
-            context=context,
-        )

@@ -122,10 +122,15 @@ class Potential(nn.Module):
         for zero in (self.b, self.c, self.w):
             zero.zero_()
 
+    def _check_context(self, n: int, context: Tensor | None) -> None:
+        """A condition for each of ``n`` samples where the potential takes one, else none."""
+        shape = None if context is None else tuple(context.shape)
+        if shape != ((n, self.n_context) if self.n_context else None):
+            expected = f"a context of shape ({n}, {self.n_context})" if self.n_context else "no context"
+            raise ValueError(f"Expected {expected}; got {shape}.")
+
     def _s(self, x: Tensor, t: float | Tensor, context: Tensor | None) -> Tensor:
-        if (0 if context is None else context.shape[1]) != self.n_context:
-            shape = None if context is None else tuple(context.shape)
-            raise ValueError(f"Expected a context of shape ({x.shape[0]}, {self.n_context}); got {shape}.")
+        self._check_context(x.shape[0], context)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)
         return torch.cat([x, t] if context is None else [x, context, t], dim=1)
 
@@ -225,6 +230,7 @@ class Potential(nn.Module):
         >>> tuple(grad.shape), tuple(trace.shape)
         ((4, 5), (5,))
         """
+        self._check_context(n, context)
         block = block_entries(gemm_dtype)
         return Tracer(self.weights(), gemm_dtype, block, n, n_stages, training, context)
 

@@ -59,7 +59,7 @@ def check_weights(sample_weight, n_samples: int) -> np.ndarray | None:
         first = int(np.flatnonzero(w < 0)[0])
         raise ValueError(
             f"Expected non-negative sample_weight; got {int((w < 0).sum())} negative value(s), the first "
-            f"{w[first]!r} at row {first}."
+            f"{float(w[first])} at row {first}."
         )
     if not w.sum() > 0:
         raise ValueError("Expected sample_weight with a positive sum; got all zeros.")

@@ -110,16 +110,11 @@ class Tracer:
     training : bool, default=False
         Keep the stages in one allocation for a backward pass.
     context : Tensor of shape (n, q) or None, default=None
-        The condition :math:`c` of each sample (``p.n_context`` columns), the same at every stage.
+        The condition :math:`c` of each sample, the same at every stage, for :meth:`stage_input`.
     """
 
     def __init__(self, p, gemm_dtype, block, n, n_stages=1, training=False, context=None) -> None:
         self.p, self.d, self.h, self.gd, self.block = p, p.d, p.h, gemm_dtype, block
-        if (0 if context is None else context.shape[1]) != p.n_context or (
-            context is not None and context.shape[0] != n
-        ):
-            shape = None if context is None else tuple(context.shape)
-            raise ValueError(f"Expected a context of shape ({n}, {p.n_context}); got {shape}.")
         self.context = None if context is None else context.t()
         self.path = choose(p.d, p, gemm_dtype == p.K0.dtype)
         self.work = _scratch(self.path, p, n, n_stages, block) if training else None
