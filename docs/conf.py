@@ -114,6 +114,8 @@ sphinx_gallery_conf = {
 GALLERY_ORDER = (  # the practical examples first, the theory last
     "plot_digits.py",
     "plot_pipeline_grid_search.py",
+    "plot_conditional_density.py",
+    "plot_weighted_fit.py",
     "plot_gaussianization.py",
     "plot_density_2d.py",
     "plot_alpha_path.py",

@@ -28,6 +28,8 @@ __all__ = ["OTFlowConditionalDensity"]
 # prediction is deterministic, does not depend on the other rows, and is exact for a map that is
 # affine in z (a Gaussian conditional).
 PREDICT_DRAWS = 128
+# Draws that sample and predict flow at once: bounds the memory of the repeated conditions.
+DRAWS_AT_ONCE = 1 << 16
 
 
 @shared_parameters
@@ -225,8 +227,8 @@ class OTFlowConditionalDensity(FlowRunner, OTFlowBase):
         if not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         context = self._check_conditions(X)
-        z = check_random_state(random_state).standard_normal((len(context) * n_samples, self.n_targets_))
-        return self._draws(context, z, n_samples)
+        z = check_random_state(random_state).standard_normal((len(context), n_samples, self.n_targets_))
+        return self._draws(context, z)
 
     def predict(self, X):
         r"""The conditional mean :math:`\mathbb E[y \mid x]`, estimated from samples.
@@ -259,8 +261,8 @@ class OTFlowConditionalDensity(FlowRunner, OTFlowBase):
         check_is_fitted(self)
         context = self._check_conditions(X)
         half = np.random.RandomState(0).standard_normal((PREDICT_DRAWS // 2, self.n_targets_))
-        z = np.tile(np.vstack([half, -half]), (len(context), 1))
-        return self._draws(context, z, PREDICT_DRAWS).mean(axis=1)
+        z = np.broadcast_to(np.vstack([half, -half]), (len(context), PREDICT_DRAWS, self.n_targets_))
+        return self._draws(context, z).mean(axis=1)
 
     def transform(self, X, y):
         """Map ``y`` given ``X`` to the latent space: :math:`z = y(1)`, meant to be standard normal.
@@ -301,12 +303,20 @@ class OTFlowConditionalDensity(FlowRunner, OTFlowBase):
 
     # ------------------------------------------------------------------ private
 
-    def _draws(self, context: np.ndarray, z: np.ndarray, n_samples: int) -> np.ndarray:
-        """``y`` for latent rows ``z``, ``n_samples`` per row of the standardized ``context``, shaped
-        (rows, n_samples[, n_targets])."""
-        repeated = np.repeat(context, n_samples, axis=0)
-        y = self._run(z, inverse=True, keep=latent_only, context=repeated)[0]
-        y = y.reshape(len(context), n_samples, self.n_targets_)
+    def _draws(self, context: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """``y`` for the latent points ``z`` (rows, n_samples, n_targets) given each row of the
+        standardized ``context``, shaped (rows, n_samples[, n_targets]); a few rows at a time, so that
+        the repeated conditions take memory for at most ``DRAWS_AT_ONCE`` draws."""
+        n_samples = z.shape[1]
+        y = np.empty(z.shape)
+        step = max(1, DRAWS_AT_ONCE // n_samples)
+        for start in range(0, len(context), step):
+            rows = slice(start, start + step)
+            repeated = np.repeat(context[rows], n_samples, axis=0)
+            latent = z[rows].reshape(len(repeated), self.n_targets_)
+            y[rows] = self._run(latent, inverse=True, keep=latent_only, context=repeated)[0].reshape(
+                -1, n_samples, self.n_targets_
+            )
         return y[..., 0] if self._y_1d_ else y
 
     def _check_conditions(self, X) -> np.ndarray:

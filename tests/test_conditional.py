@@ -164,7 +164,9 @@ def test_bad_input_gets_a_clear_error(fitted):
     with pytest.raises(ValueError, match="n_samples must be a positive integer"):
         fitted.sample(X, n_samples=0)
     with pytest.raises(ValueError, match="y has 2 columns, but the fitted model has 1"):
-        OTFlowConditionalDensity(warm_start=True).set_params(**SMALL).fit(X, y).fit(X, np.c_[y, y])
+        OTFlowConditionalDensity(warm_start=True, max_iter=5).set_params(**SMALL).fit(X, y).fit(
+            X, np.c_[y, y]
+        )
 
 
 def test_pipeline_grid_search_pickle_and_seeds(fitted):
