@@ -8,13 +8,18 @@ Build from the repository root (the README's command; ``.ci/run`` runs it after 
 """
 
 import importlib.util
+import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
-import sklearn_otflow
-from sklearn_otflow import theory
+# the gallery runs two examples at a time (sphinx_gallery_conf["parallel"]), each in a process of its
+# own that inherits this: one torch thread per example, so that two of them fill two cores, no more
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import sklearn_otflow  # noqa: E402
+from sklearn_otflow import theory  # noqa: E402
 
 DOCS = Path(__file__).parent
 sys.path.insert(0, str(DOCS))  # so that sphinx-gallery can import conf.GalleryOrder by name
@@ -108,6 +113,8 @@ sphinx_gallery_conf = {
     # no sg_execution_times pages: they load jQuery and DataTables from CDNs, and docs/check_html.py
     # fails on any page that needs the network to display
     "write_computation_times": False,
+    # two examples at a time: the build's time is the longest examples', not their sum
+    "parallel": 2,
 }
 
 

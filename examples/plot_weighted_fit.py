@@ -83,7 +83,8 @@ fig, axes = plt.subplots(
 for ax, (title, density) in zip(axes, panels.items()):
     if density is None:
         order = np.argsort(weights)
-        ax.scatter(*X[order].T, c=weights[order], s=3, cmap="viridis")
+        ax.scatter(*X[order].T, c=weights[order], s=3)
+        ax.set(xlim=(-4, 4), ylim=(-4, 4))
     else:
         ax.contourf(
             gx, gy, density.reshape(gx.shape), levels=12, cmap="viridis"
