@@ -1,8 +1,8 @@
 r"""OTFlowConditionalDensity: the conditional density :math:`p(y \mid x)` with conditional OT-Flow.
 
 The potential takes the condition as an input, :math:`\Phi(y, x, t)`, and the flow moves :math:`y` only
-(conditional OT-Flow; Wang, Ruthotto et al., "Efficient neural network approaches for conditional
-optimal transport"): :math:`\dot y = -\nabla_y\Phi(y, x, t)` carries :math:`y` given :math:`x` to a
+(conditional OT-Flow, COT-Flow: Wang, Baptista, Marzouk, Ruthotto and Verma, "Efficient neural network
+approaches for conditional optimal transport with applications in Bayesian inference"): :math:`\dot y = -\nabla_y\Phi(y, x, t)` carries :math:`y` given :math:`x` to a
 latent :math:`z = y(1)` meant to be standard normal for every :math:`x`, and
 :math:`\log p(y \mid x) = \log\mathcal N(z; 0, I) + \ell(1)`. Training, its budget and its checks are
 :class:`~sklearn_otflow.OTFlowDensity`'s (:mod:`._training`), on rows that carry their condition.
@@ -90,7 +90,7 @@ class OTFlowConditionalDensity(FlowRunner, OTFlowBase):
     References
     ----------
     Z. O. Wang, R. Baptista, Y. Marzouk, L. Ruthotto, D. Verma. Efficient neural network approaches for
-    conditional optimal transport with applications in Bayesian inference. SIAM J. Sci. Comput. 2025.
+    conditional optimal transport with applications in Bayesian inference (COT-Flow). Preprint, 2023.
 
     Examples
     --------
