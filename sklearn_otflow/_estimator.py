@@ -1,4 +1,6 @@
-"""OTFlowDensity: the OT-Flow continuous normalizing flow as a scikit-learn density estimator."""
+"""OTFlowDensity, the OT-Flow continuous normalizing flow as a scikit-learn density estimator, and what
+every OT-Flow estimator shares: its parameters, documented once (:data:`PARAMETERS`), and their checks
+(:class:`OTFlowBase`)."""
 
 from __future__ import annotations
 
