@@ -2,8 +2,9 @@ r"""OTFlowConditionalDensity: the conditional density :math:`p(y \mid x)` with c
 
 The potential takes the condition as an input, :math:`\Phi(y, x, t)`, and the flow moves :math:`y` only
 (conditional OT-Flow, COT-Flow: Wang, Baptista, Marzouk, Ruthotto and Verma, "Efficient neural network
-approaches for conditional optimal transport with applications in Bayesian inference"): :math:`\dot y = -\nabla_y\Phi(y, x, t)` carries :math:`y` given :math:`x` to a
-latent :math:`z = y(1)` meant to be standard normal for every :math:`x`, and
+approaches for conditional optimal transport with applications in Bayesian inference"):
+:math:`\dot y = -\nabla_y\Phi(y, x, t)` carries :math:`y` given :math:`x` to a latent
+:math:`z = y(1)` meant to be standard normal for every :math:`x`, and
 :math:`\log p(y \mid x) = \log\mathcal N(z; 0, I) + \ell(1)`. Training, its budget and its checks are
 :class:`~sklearn_otflow.OTFlowDensity`'s (:mod:`._training`), on rows that carry their condition.
 """
@@ -354,11 +355,11 @@ class OTFlowConditionalDensity(FlowRunner, OTFlowBase):
             order="C",
             ensure_min_samples=min_samples,
         )
+        columns = 1 if y.ndim == 1 else y.shape[1]
         if reset:
-            self._y_1d_ = y.ndim == 1
-            self.n_targets_ = 1 if y.ndim == 1 else y.shape[1]
-        elif (1 if y.ndim == 1 else y.shape[1]) != self.n_targets_:
-            raise ValueError(f"y has {y.shape[1]} columns, but the fitted model has {self.n_targets_}.")
+            self._y_1d_, self.n_targets_ = y.ndim == 1, columns
+        elif columns != self.n_targets_:
+            raise ValueError(f"y has {columns} columns, but the fitted model has {self.n_targets_}.")
         return np.ascontiguousarray(y.reshape(len(y), -1)), X
 
     def _standardize(self, Y, X, weights, mean=None, scale=None) -> None:

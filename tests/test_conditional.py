@@ -163,10 +163,12 @@ def test_bad_input_gets_a_clear_error(fitted):
         fitted.score_samples(X, np.r_[y[:9], np.nan])
     with pytest.raises(ValueError, match="n_samples must be a positive integer"):
         fitted.sample(X, n_samples=0)
+    warm = OTFlowConditionalDensity(warm_start=True, max_iter=5).set_params(**SMALL)
     with pytest.raises(ValueError, match="y has 2 columns, but the fitted model has 1"):
-        OTFlowConditionalDensity(warm_start=True, max_iter=5).set_params(**SMALL).fit(X, y).fit(
-            X, np.c_[y, y]
-        )
+        warm.fit(X, y).fit(X, np.c_[y, y])
+    two = OTFlowConditionalDensity(max_iter=5, **SMALL).fit(X, np.c_[y, y]).set_params(warm_start=True)
+    with pytest.raises(ValueError, match="y has 1 columns, but the fitted model has 2"):
+        two.fit(X, y)
 
 
 def test_pipeline_grid_search_pickle_and_seeds(fitted):
