@@ -305,10 +305,12 @@ class _TorchPeer(_ConditionalPeer):
     max_epochs: int
     n_iter_no_change: int
     max_seconds: float
+    weight_decay_grid: Sequence[float]
 
     def _candidates(self) -> list[dict]:
-        """The hyperparameter settings to try (keyword arguments of :meth:`_build` and ``weight_decay``)."""
-        raise NotImplementedError
+        """The hyperparameter settings to try (keyword arguments of :meth:`_build` and ``weight_decay``):
+        one per entry of ``weight_decay_grid``."""
+        return [{"weight_decay": wd} for wd in self.weight_decay_grid]
 
     def _build(self, p: int, k: int, **params) -> torch.nn.Module:
         raise NotImplementedError
@@ -466,9 +468,6 @@ class GaussianMLP(_TorchPeer):
         self.validation_fraction = validation_fraction
         self.random_state = random_state
 
-    def _candidates(self) -> list[dict]:
-        return [{"weight_decay": wd} for wd in self.weight_decay_grid]
-
     def _build(self, p: int, k: int, **params) -> torch.nn.Module:
         return _GaussianNet(p, k, tuple(self.hidden_features), self.activation)
 
@@ -527,9 +526,6 @@ class ZukoConditionalNSF(_TorchPeer):
         self.max_seconds = max_seconds
         self.validation_fraction = validation_fraction
         self.random_state = random_state
-
-    def _candidates(self) -> list[dict]:
-        return [{"weight_decay": wd} for wd in self.weight_decay_grid]
 
     def _build(self, p: int, k: int, **params) -> torch.nn.Module:
         return _ConditionalFlow(p, k, self.transforms, self.hidden_features, self.bins)

@@ -59,10 +59,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sklearn
 import torch
 from _conditional_data import DATASETS, CondData, load  # this directory is on sys.path when run as a script
 from _conditional_peers import PEERS, ConditionedGMM, GaussianMLP, ZukoConditionalNSF
+from bench_field import versions
 from sklearn.model_selection import GridSearchCV, ShuffleSplit
 from threadpoolctl import threadpool_limits
 
@@ -274,20 +274,13 @@ def write(records: Sequence[dict], path: Path, header: str) -> None:
 
 
 def header(argv: Sequence[str], otflow_note: str) -> str:
-    try:
-        import zuko
-
-        zuko_version = zuko.__version__
-    except ImportError:
-        zuko_version = "not installed"
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     lines = [
         f"- command: `python {shlex.join(argv)}`",
         f"- date: {now}",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"{platform.platform()}",
-        f"- Python {platform.python_version()}, torch {torch.__version__}, "
-        f"scikit-learn {sklearn.__version__}, numpy {np.__version__}, zuko {zuko_version}",
+        f"- {versions()}",
         "- threads: 1 (torch and BLAS/OpenMP)",
         "- load average (1, 5, 15 min) at start: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg()),
     ]

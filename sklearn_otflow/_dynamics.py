@@ -139,8 +139,9 @@ def _field_vjp(tracer: Tracer, tape, G_out: Tensor, need_x: bool, w_done: bool =
     d = tracer.d
     gx, sign_r, saved = tape
     G_R = sign_r * G_out[:, d + 2]  # |r|, r = g_t - dL
-    G = G_out.new_zeros(tracer.p.K0.shape[1], G_out.shape[0])  # with respect to grad = (g_x, g_c, g_t)
+    G = G_out.new_empty(tracer.p.K0.shape[1], G_out.shape[0])  # with respect to grad = (g_x, g_c, g_t)
     torch.addcmul(G_out[:, :d].t().neg(), gx, (G_out[:, d + 1] - G_R).unsqueeze(0), out=G[:d])  # -g_x, dL
+    G[d:-1] = 0.0  # the condition's gradient feeds nothing
     G[-1] = G_R
     G_s = tracer.backward(saved, G, -G_out[:, d], need_x, w_done)
     return None if G_s is None else G_s[:d].t()

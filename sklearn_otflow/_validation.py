@@ -85,12 +85,12 @@ def standardization(
     if not enabled:
         return np.zeros(d), np.ones(d)
     unit = np.ldexp(1.0, np.frexp(np.abs(X).max(axis=0))[1] - 1)  # a power of 2: exact to divide by
+    X = X / unit
     if weights is None:
-        mean = (X / unit).mean(axis=0) * unit
-        std = (X / unit).std(axis=0) * unit
+        mean, std = X.mean(axis=0) * unit, X.std(axis=0) * unit
     else:
-        mean = np.average(X / unit, axis=0, weights=weights)
-        std = np.sqrt(np.average((X / unit - mean) ** 2, axis=0, weights=weights)) * unit
+        mean = np.average(X, axis=0, weights=weights)
+        std = np.sqrt(np.average((X - mean) ** 2, axis=0, weights=weights)) * unit
         mean = mean * unit
     constant = std <= 10 * np.finfo(np.float64).eps * np.abs(mean)
     if constant.any():
